@@ -1,0 +1,60 @@
+# Sekisho: `make demo` runs the end-to-end demo, `make test` the whole suite.
+# Both bootstrap what they need: a .venv with the Python packages and, as root with
+# apt, the Debian packages the tests use (TESTING.md).
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.sekisho-installed
+DEMO_OUT ?= demo-out
+export DEMO_OUT
+
+DEBIAN_PACKAGES := oathtool gnome-keyring dbus dbus-x11 libsecret-tools
+# Commands that show the Debian packages are there.
+DEBIAN_CHECK    := oathtool gnome-keyring-daemon dbus-daemon
+
+.PHONY: demo test lint typecheck unit bench system-deps clean help
+
+help:
+	@echo "make demo   - end-to-end run on embedded defaults and software devices (output in $(DEMO_OUT)/)"
+	@echo "make test   - lint, type check and the whole test suite"
+	@echo "make bench  - bench/unlock.py --json"
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "Sekisho needs Python 3.11 or newer as '$(PYTHON)'."; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+system-deps:
+	@missing=""; for c in $(DEBIAN_CHECK); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "Installing Debian packages: $(DEBIAN_PACKAGES)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEBIAN_PACKAGES) >/dev/null; \
+	  else \
+	    echo "Missing:$$missing. Install the Debian packages: $(DEBIAN_PACKAGES)"; exit 1; \
+	  fi; \
+	fi
+
+demo: $(STAMP)
+	$(PY) -m demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check sekisho agent enroll tests bench demo
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+unit: $(STAMP) system-deps
+	$(PY) -m pytest -q
+
+test: lint typecheck unit
+
+bench: $(STAMP)
+	$(PY) bench/unlock.py --json
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,1 @@
+"""The Sekisho demo: IT provisions a laptop, field workers log on offline (``make demo``)."""

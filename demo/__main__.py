@@ -1,0 +1,259 @@
+"""End-to-end demo on embedded defaults and software devices.
+
+IT (at the office) signs a policy, enrols two staff members with a passphrase and a
+TOTP token, and provisions a laptop with their records and signed grants. Then, on the
+laptop and offline, each unlocks and opens their grant — and every attack the store
+must refuse is tried. All files go to ``$DEMO_OUT`` (default ``demo-out/``). Exit 0
+only if every outcome was the expected one.
+
+The TOTP tokens are software tokens; the demo's clock advances 30 s between logons
+instead of waiting for the next code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sekisho import crypto
+from sekisho.errors import (
+    AuthenticationFailed,
+    GrantError,
+    PassphraseRejected,
+    PolicyError,
+    SekishoError,
+)
+from sekisho.factors import passphrase as pp
+from sekisho.factors import pin_totp
+from sekisho.factors.interaction import ScriptedInteraction
+from sekisho.factors.totp import TotpSeed
+from sekisho.files import atomic_write
+from sekisho.policy import Policy, load_policy_file, sign_policy
+from sekisho.store.grants import Grant, issue_grant, unseal_grant_key
+from sekisho.store.keysource import InsecureFileKeySource
+from sekisho.store.records import DEFAULT_SLOT_KINDS, SlotKind, UserRecord
+from sekisho.store.store import CredentialStore
+from sekisho.unlock import unlock
+
+MARKER = ".sekisho-demo"
+
+
+@dataclass(frozen=True)
+class Staff:
+    user_id: str
+    name: str
+    kana: str
+    department: str
+    roles: tuple[str, ...]
+    passphrase: str
+    apps: tuple[str, ...]
+
+
+STAFF = (
+    Staff("K10234", "佐藤 美咲", "サトウ ミサキ", "市民課", ("madoguchi",),
+          "sakana ga oyogu kawa 7", ("住民記録システム", "証明書交付")),
+    Staff("K20581", "髙橋 健一", "タカハシ ケンイチ", "選挙管理委員会事務局", ("senkyo",),
+          "yuki-no-hi ni kaeru 12", ("期日前投票システム",)),
+)
+
+
+class DemoClock:
+    """Real time at the start; advanced by hand so each logon sees a fresh TOTP step."""
+
+    def __init__(self) -> None:
+        self.now = float(int(time.time()) // 30 * 30 + 1)
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float = 30) -> None:
+        self.now += seconds
+
+
+class Report:
+    def __init__(self) -> None:
+        self.rows: list[dict[str, str | bool]] = []
+
+    def expect(self, what: str, expected: str, action: Callable[[], str]) -> None:
+        """Run ``action``; it returns an outcome word or raises a Sekisho error."""
+        try:
+            outcome = action()
+        except SekishoError as exc:
+            outcome = f"refused: {type(exc).__name__}"
+            detail = str(exc)
+        else:
+            detail = ""
+        ok = outcome.startswith(expected)
+        self.rows.append({"check": what, "expected": expected, "outcome": outcome, "detail": detail, "ok": ok})
+        mark = "OK " if ok else "BAD"
+        print(f"  [{mark}] {what}")
+        print(f"        -> {outcome}{f' ({detail})' if detail else ''}")
+
+    @property
+    def all_ok(self) -> bool:
+        return all(r["ok"] for r in self.rows)
+
+
+def prepare(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"DEMO_OUT={out} is a file, not a directory.")
+    if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
+        raise SystemExit(f"DEMO_OUT={out} holds files the demo did not make; choose an empty directory.")
+    if out.exists():
+        shutil.rmtree(out)
+    (out / "office").mkdir(parents=True)
+    (out / "laptop").mkdir()
+    (out / MARKER).write_text("made by make demo\n")
+
+
+def run(out: Path) -> bool:
+    prepare(out)
+    report = Report()
+    clock = DemoClock()
+
+    print("== Office: IT signs the policy ==")
+    it_private, it_public = crypto.ed25519_generate()
+    atomic_write(out / "office" / "it-signing.key", crypto.b64e(it_private).encode() + b"\n")  # demo only
+    atomic_write(out / "laptop" / "it-public.pem", crypto.public_key_pem(it_public).encode(), mode=0o644)
+    policy = Policy(permitted_slot_kinds=(*DEFAULT_SLOT_KINDS, SlotKind.PIN_TOTP))  # opts in to pin+totp
+    policy_path = out / "laptop" / "policy.toml"
+    text = policy.to_toml().encode()
+    atomic_write(policy_path, text, mode=0o644)
+    atomic_write(policy_path.with_name("policy.toml.sig"), sign_policy(text, it_private), mode=0o644)
+    print(f"  IT key {crypto.key_fingerprint(it_public)}; policy permits "
+          f"{', '.join(k.value for k in policy.permitted_slot_kinds)}")
+
+    print("== Laptop: a new device store ==")
+    key_source = InsecureFileKeySource(out / "laptop" / "device.key")
+    store = CredentialStore.create(out / "laptop" / "store.db", key_source)
+    print(f"  device id {store.device_id}; device key in {key_source.description}")
+
+    print("== Office: enrolment and provisioning (user present at the station) ==")
+    report.expect(
+        "a common passphrase is refused at enrolment", "refused: PassphraseRejected",
+        lambda: pp.check_passphrase("Password2024!", minimum=policy.passphrase_min_length,
+                                    context=pp.PassphraseContext(user_id="K10234")) or "accepted",
+    )
+    tokens: dict[str, TotpSeed] = {}
+    for serial, s in enumerate(STAFF, start=1):
+        pp.check_passphrase(s.passphrase, minimum=policy.passphrase_min_length,
+                            context=pp.PassphraseContext(user_id=s.user_id, names=(s.name, s.kana)))
+        identity_private, identity_public = crypto.x25519_generate()
+        tokens[s.user_id] = TotpSeed.generate()
+        slot = pin_totp.enrol(user_id=s.user_id, slot_id=1, identity_private=identity_private,
+                              passphrase=s.passphrase, seed=tokens[s.user_id], argon2=policy.argon2,
+                              created_at=int(clock()))
+        crypto.wipe(identity_private)
+        store.put_user(UserRecord(user_id=s.user_id, display_name=s.name, kana=s.kana,
+                                  department=s.department, roles=s.roles,
+                                  identity_public=identity_public), [slot])
+        grant = Grant(device_id=store.device_id, user_id=s.user_id, serial=serial, issued_at=int(clock()),
+                      network={"apn": "closed.demo.lg.jp", "user": "demo", "password": "demo-apn-secret",
+                               "iccid": "8981100000000000001"},
+                      citrix={"store_url": "https://citrix.demo.lg.jp/Citrix/Store/discovery"},
+                      apps=s.apps)
+        sealed, grant_key = issue_grant(grant, it_signing_key=it_private, user_public=identity_public)
+        crypto.wipe(grant_key)
+        store.put_grant(sealed)
+        print(f"  {s.user_id} {s.name} ({s.department}): pin+totp slot, grant #{serial} "
+              f"for {len(s.apps)} app(s)")
+    store.close()
+
+    print("== Laptop, offline: logons ==")
+    policy = load_policy_file(policy_path, crypto.public_key_from_pem(
+        (out / "laptop" / "it-public.pem").read_bytes(), what="IT public key"))
+    store = CredentialStore.open(out / "laptop" / "store.db", key_source)
+    sato, takahashi = STAFF
+    unlocked = {}
+
+    def logon(s: Staff, passphrase: str, code: str) -> str:
+        u = unlock(store, policy, s.user_id, ScriptedInteraction(passphrase=passphrase, code=code), clock=clock)
+        grant = u.open_grant(store, it_public)
+        unlocked[s.user_id] = u
+        return f"unlocked {u.user.display_name}, grant opened: apps {', '.join(grant.apps)}"
+
+    for s in STAFF:
+        clock.advance()
+        code = tokens[s.user_id].code_at(clock())
+        report.expect(f"{s.user_id} logs on with passphrase and one-time code", "unlocked",
+                      lambda s=s, code=code: logon(s, s.passphrase, code))  # type: ignore[misc]
+
+    print("== Laptop, offline: what must be refused ==")
+    clock.advance()
+    code = tokens[sato.user_id].code_at(clock())
+    report.expect("wrong passphrase, valid code", "refused: AuthenticationFailed",
+                  lambda: logon(sato, "sakana ga oyogu kawa 8", code))
+    report.expect("right passphrase, the same code again (replay)", "refused: AuthenticationFailed",
+                  lambda: logon(sato, sato.passphrase, code))
+    report.expect("right passphrase, a wrong code", "refused: AuthenticationFailed",
+                  lambda: logon(sato, sato.passphrase, f"{(int(code) + 1) % 10**6:06d}"))
+    report.expect("right passphrase, a code from ten minutes ago", "refused: AuthenticationFailed",
+                  lambda: logon(sato, sato.passphrase, tokens[sato.user_id].code_at(clock() - 600)))
+
+    def open_other_grant() -> str:
+        unseal_grant_key(store.get_grant(takahashi.user_id), unlocked[sato.user_id].identity_private)
+        return "opened"
+
+    report.expect(f"{sato.user_id} opens {takahashi.user_id}'s grant", "refused: GrantError", open_other_grant)
+
+    def planted_grant() -> str:
+        rogue_private, _ = crypto.ed25519_generate()
+        user = unlocked[sato.user_id].user
+        sealed, key = issue_grant(
+            Grant(device_id=store.device_id, user_id=user.user_id, serial=99, issued_at=int(clock()),
+                  apps=("任意のアプリ",)),
+            it_signing_key=rogue_private, user_public=user.identity_public)
+        crypto.wipe(key)
+        store.put_grant(sealed)
+        unlocked[sato.user_id].open_grant(store, it_public)
+        return "opened"
+
+    report.expect("a grant planted without IT's key", "refused: GrantError", planted_grant)
+
+    def tampered_policy() -> str:
+        evil = policy_path.read_bytes().replace(b"min_length = 10", b"min_length = 12")
+        atomic_write(out / "laptop" / "tampered.toml", evil)
+        atomic_write(out / "laptop" / "tampered.toml.sig", policy_path.with_name("policy.toml.sig").read_bytes())
+        load_policy_file(out / "laptop" / "tampered.toml", it_public)
+        return "loaded"
+
+    report.expect("a policy changed after IT signed it", "refused: PolicyError", tampered_policy)
+    for u in unlocked.values():
+        u.close()
+    store.close()
+
+    raw = b"".join(p.read_bytes() for p in (out / "laptop").glob("store.db*"))
+    leaked = [w for s in STAFF for w in (s.user_id, s.name, s.kana, s.department, *s.apps)
+              if w.encode() in raw] + [w for w in ("closed.demo.lg.jp", "demo-apn-secret") if w.encode() in raw]
+    report.expect("the store file shows no id, name, department or grant text", "none",
+                  lambda: "none" if not leaked else f"found {len(leaked)} plaintext value(s)")
+
+    (out / "summary.json").write_text(json.dumps(report.rows, ensure_ascii=False, indent=2) + "\n", "utf-8")
+    passed = sum(bool(r["ok"]) for r in report.rows)
+    print(f"\n{passed} of {len(report.rows)} outcomes as expected. Files in {out}/ (summary.json).")
+    return report.all_ok
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    out = Path(os.environ.get("DEMO_OUT") or "demo-out")
+    try:
+        ok = run(out)
+    except SekishoError as exc:
+        print(f"demo stopped: {exc.diagnostics()}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"demo stopped: {exc.strerror}: {exc.filename}", file=sys.stderr)
+        return 2
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""IT's signed policy: what a laptop permits, with safe defaults.
+
+The policy is a TOML file signed by IT with Ed25519 over its exact bytes (a detached
+base64 signature beside it, ``policy.toml.sig``). The signature is checked against
+IT's pinned public key before a single byte is parsed; every load re-verifies.
+Unknown keys are refused by name, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from sekisho import crypto
+from sekisho.crypto import Argon2Params
+from sekisho.errors import FormatError, PolicyError, SignatureInvalid
+from sekisho.factors.passphrase import PASSPHRASE_FLOOR
+from sekisho.store.records import DEFAULT_SLOT_KINDS, POLICY_SLOT_KINDS, SlotKind
+
+POLICY_VERSION = 1
+SIGNATURE_SUFFIX = ".sig"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Policy:
+    """What IT permits on a laptop. The defaults are the safe choice."""
+
+    #: Slot kinds a user may unlock with, in the order the gate prefers them.
+    #: By default only kinds whose second factor a device enforces.
+    permitted_slot_kinds: tuple[SlotKind, ...] = DEFAULT_SLOT_KINDS
+    passphrase_min_length: int = PASSPHRASE_FLOOR
+    argon2: Argon2Params = field(default_factory=Argon2Params)
+    allow_software_authenticators: bool = False
+    totp_drift_steps: int = 1
+    version: int = POLICY_VERSION
+
+    def __post_init__(self) -> None:
+        if self.passphrase_min_length < PASSPHRASE_FLOOR:
+            raise PolicyError(
+                f"passphrase.min_length must be at least {PASSPHRASE_FLOOR} "
+                "(a passphrase slot can be guessed offline)."
+            )
+        if not 0 <= self.totp_drift_steps <= 2:
+            raise PolicyError("totp.drift_steps must be 0, 1 or 2.")
+        if not self.permitted_slot_kinds:
+            raise PolicyError("slots.permitted must name at least one slot kind.")
+        if len(set(self.permitted_slot_kinds)) != len(self.permitted_slot_kinds):
+            raise PolicyError("slots.permitted names a slot kind twice.")
+
+    def permits(self, kind: SlotKind) -> bool:
+        return kind in self.permitted_slot_kinds
+
+    def to_toml(self) -> str:
+        kinds = ", ".join(f'"{k.value}"' for k in self.permitted_slot_kinds)
+        a = self.argon2
+        return (
+            f"# Sekisho policy, signed by IT. Any change needs a new signature.\n"
+            f"version = {self.version}\n\n"
+            f"[slots]\npermitted = [{kinds}]\n\n"
+            f"[passphrase]\nmin_length = {self.passphrase_min_length}\n\n"
+            f"[argon2id]\ntime_cost = {a.time_cost}\nmemory_kib = {a.memory_kib}\n"
+            f"parallelism = {a.parallelism}\n\n"
+            f"[authenticators]\nallow_software = {str(self.allow_software_authenticators).lower()}\n\n"
+            f"[totp]\ndrift_steps = {self.totp_drift_steps}\n"
+        )
+
+
+# table -> key -> (type, Policy field or argon2 field)
+_SCHEMA: dict[str, dict[str, tuple[type, str]]] = {
+    "": {"version": (int, "version")},
+    "slots": {"permitted": (list, "permitted_slot_kinds")},
+    "passphrase": {"min_length": (int, "passphrase_min_length")},
+    "argon2id": {
+        "time_cost": (int, "argon2.time_cost"),
+        "memory_kib": (int, "argon2.memory_kib"),
+        "parallelism": (int, "argon2.parallelism"),
+    },
+    "authenticators": {"allow_software": (bool, "allow_software_authenticators")},
+    "totp": {"drift_steps": (int, "totp_drift_steps")},
+}
+
+
+def parse_policy(text: bytes) -> Policy:
+    """Parse policy TOML whose signature has already been checked."""
+    try:
+        doc = tomllib.loads(text.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise PolicyError("The policy is not UTF-8 text.") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError(f"The policy is not valid TOML: {exc}.") from None
+    values: dict[str, Any] = {}
+    argon2: dict[str, Any] = {}
+    for table, entries in doc.items():
+        if table in _SCHEMA and table and isinstance(entries, dict):
+            items = [(table, k, v) for k, v in entries.items()]
+        elif table in _SCHEMA[""]:
+            items = [("", table, entries)]
+        else:
+            raise PolicyError(f"The policy has an unknown setting {table!r}.")
+        for tbl, key, value in items:
+            name = f"{tbl}.{key}" if tbl else key
+            if key not in _SCHEMA[tbl]:
+                raise PolicyError(f"The policy has an unknown setting {name!r}.")
+            typ, target = _SCHEMA[tbl][key]
+            if type(value) is not typ:
+                raise PolicyError(f"The policy setting {name!r} must be of type {typ.__name__}.")
+            if target.startswith("argon2."):
+                argon2[target.removeprefix("argon2.")] = value
+            else:
+                values[target] = value
+    if values.get("version", POLICY_VERSION) != POLICY_VERSION:
+        raise PolicyError(f"Policy version {values['version']} is not supported by this Sekisho.")
+    if "permitted_slot_kinds" in values:
+        kinds = []
+        for name in values["permitted_slot_kinds"]:
+            try:
+                kind = SlotKind(name)
+            except ValueError:
+                kind = None
+            if kind is None or kind not in POLICY_SLOT_KINDS:
+                raise PolicyError(f"slots.permitted names an unknown slot kind {name!r}.")
+            kinds.append(kind)
+        values["permitted_slot_kinds"] = tuple(kinds)
+    if argon2:
+        try:
+            values["argon2"] = Argon2Params(**{**_default_argon2(), **argon2})
+        except FormatError as exc:
+            raise PolicyError(f"argon2id: {exc}") from None
+    known = {f.name for f in fields(Policy)}
+    assert set(values) <= known  # noqa: S101 - the schema only names Policy fields
+    return Policy(**values)
+
+
+def _default_argon2() -> dict[str, int]:
+    a = Argon2Params()
+    return {"time_cost": a.time_cost, "memory_kib": a.memory_kib, "parallelism": a.parallelism}
+
+
+def sign_policy(text: bytes, it_private: bytes | bytearray) -> bytes:
+    """The detached signature file's content for ``text`` (base64 and a newline)."""
+    parse_policy(text)  # never sign something no laptop would load
+    return base64.b64encode(crypto.ed25519_sign(it_private, text)) + b"\n"
+
+
+def load_policy(text: bytes, signature: bytes, it_public: bytes) -> Policy:
+    """Verify IT's signature over the exact bytes, then parse."""
+    try:
+        raw = base64.b64decode(signature.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise PolicyError("The policy signature is not valid base64.") from None
+    if len(raw) != 64:
+        raise PolicyError("The policy signature has the wrong length.")
+    try:
+        crypto.ed25519_verify(it_public, text, raw, what="policy")
+    except SignatureInvalid as exc:
+        raise PolicyError(str(exc)) from None
+    return parse_policy(text)
+
+
+def load_policy_file(path: Path, it_public: bytes) -> Policy:
+    """Load ``path`` and its detached signature ``path.sig``."""
+    path = Path(path)
+    sig_path = path.with_name(path.name + SIGNATURE_SUFFIX)
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise PolicyError(f"Cannot read the policy {path}: {exc.strerror}.") from None
+    try:
+        signature = sig_path.read_bytes()
+    except OSError:
+        raise PolicyError(f"The policy {path} has no signature file {sig_path.name}.") from None
+    return load_policy(text, signature, it_public)

@@ -1,0 +1,1 @@
+"""The encrypted credential store: records, key slots, grants, the device key."""

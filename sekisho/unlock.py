@@ -1,0 +1,110 @@
+"""Unlocking a user offline: pick a permitted slot, ask its factors, open the identity.
+
+This is the core of the gate; the service adds guessing limits, the lease and the
+trail around it. Slot kinds plug in through :data:`OPENERS`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sekisho import crypto
+from sekisho.errors import IntegrityError, NoUsableSlot, UserDisabled
+from sekisho.factors import pin_totp
+from sekisho.factors.interaction import UserInteraction
+from sekisho.policy import Policy
+from sekisho.store.grants import Grant, open_grant, unseal_grant_key
+from sekisho.store.records import KeySlot, SlotKind, UserRecord
+from sekisho.store.store import CredentialStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class OpenRequest:
+    store: CredentialStore
+    policy: Policy
+    user: UserRecord
+    slot: KeySlot
+    interaction: UserInteraction
+    now: float
+
+
+Opener = Callable[[OpenRequest], bytearray]
+
+
+def _open_pin_totp(req: OpenRequest) -> bytearray:
+    return pin_totp.open_slot(
+        store=req.store,
+        user_id=req.user.user_id,
+        slot=req.slot,
+        interaction=req.interaction,
+        now=req.now,
+        drift_steps=req.policy.totp_drift_steps,
+    )
+
+
+#: How each slot kind is opened. The FIDO2 and card factors add theirs.
+OPENERS: dict[SlotKind, Opener] = {SlotKind.PIN_TOTP: _open_pin_totp}
+
+
+@dataclass(kw_only=True)
+class Unlocked:
+    """A user whose identity is open. Call :meth:`close` to wipe it."""
+
+    user: UserRecord
+    slot_id: int
+    slot_kind: SlotKind
+    identity_private: bytearray = field(repr=False)
+
+    def open_grant(self, store: CredentialStore, it_public: bytes) -> Grant:
+        sealed = store.get_grant(self.user.user_id)
+        key = unseal_grant_key(sealed, self.identity_private)
+        try:
+            return open_grant(
+                sealed, key, it_public=it_public, device_id=store.device_id, user_id=self.user.user_id
+            )
+        finally:
+            crypto.wipe(key)
+
+    def close(self) -> None:
+        crypto.wipe(self.identity_private)
+
+
+def usable_slots(policy: Policy, slots: list[KeySlot]) -> list[KeySlot]:
+    """The user's slots the policy permits and Sekisho can open, in the policy's order."""
+    return [
+        slot
+        for kind in policy.permitted_slot_kinds
+        for slot in slots
+        if slot.kind is kind and kind in OPENERS
+    ]
+
+
+def unlock(
+    store: CredentialStore,
+    policy: Policy,
+    user_id: str,
+    interaction: UserInteraction,
+    *,
+    clock: Callable[[], float] = time.time,
+) -> Unlocked:
+    """Open ``user_id``'s identity with the first permitted slot they hold."""
+    record, slots = store.get_user(user_id)
+    if not record.enabled:
+        raise UserDisabled("This staff id is disabled on this laptop.")
+    candidates = usable_slots(policy, slots)
+    if not candidates:
+        raise NoUsableSlot("None of this user's enrolled factors is permitted on this laptop.")
+    slot = candidates[0]
+    identity = OPENERS[slot.kind](
+        OpenRequest(store=store, policy=policy, user=record, slot=slot, interaction=interaction, now=clock())
+    )
+    if crypto.x25519_public(identity) != record.identity_public:
+        crypto.wipe(identity)
+        raise IntegrityError("The slot opened but holds another identity: the store was altered.")
+    log.info("unlocked with a %s slot", slot.kind.value)
+    return Unlocked(user=record, slot_id=slot.slot_id, slot_kind=slot.kind, identity_private=identity)
