@@ -24,10 +24,6 @@ from pathlib import Path
 
 from sekisho import crypto
 from sekisho.errors import (
-    AuthenticationFailed,
-    GrantError,
-    PassphraseRejected,
-    PolicyError,
     SekishoError,
 )
 from sekisho.factors import passphrase as pp

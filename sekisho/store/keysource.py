@@ -93,6 +93,10 @@ class KeyringKeySource(DeviceKeySource):
         except ImportError:  # pragma: no cover - keyring is a dependency
             raise KeySourceUnavailable("The keyring package is not installed.") from None
         backend = keyring.get_keyring()
+        if type(backend).__name__ == "ChainerBackend":
+            # The chainer writes to its highest-priority backend: judge that one.
+            chained = list(getattr(backend, "backends", []))
+            backend = chained[0] if chained else keyring.backends.fail.Keyring()  # type: ignore[no-untyped-call]
         module = type(backend).__module__
         if isinstance(backend, keyring.backends.fail.Keyring) or module.startswith(
             "keyring.backends.null"
