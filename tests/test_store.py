@@ -260,3 +260,26 @@ def test_rows_are_padded_so_name_lengths_do_not_show(store) -> None:
     enrol_user(store, "K2", name="佐々木 ひとみ 長い名前")
     sizes = {len(b) for (b,) in raw(store.path, "SELECT row FROM users")}
     assert len(sizes) == 1
+
+
+def test_provisioning_is_all_or_nothing(store, it_key) -> None:
+    from sekisho.store.store import ProvisionedUser
+
+    enrol_user(store, "K00002")
+    entries = []
+    for uid in ("K00001", "K00002", "K00003"):  # K00002 exists: the whole batch must fail
+        priv, pub = crypto.x25519_generate()
+        from sekisho.store.records import KeySlot, SlotKind, UserRecord
+
+        slot = KeySlot.create(user_id=uid, slot_id=0, kind=SlotKind.FIDO2_UV, identity_private=priv,
+                              secrets={"hmac-secret-uv": os.urandom(32)})
+        sealed, _ = issue_grant(Grant(device_id="laptop-0001", user_id=uid, serial=1, issued_at=0),
+                                it_signing_key=it_key[0], user_public=pub)
+        entries.append(ProvisionedUser(record=UserRecord(user_id=uid, display_name="x", identity_public=pub),
+                                       slots=[slot], grant=sealed))
+    with pytest.raises(UserExists):
+        store.provision(entries)
+    assert store.user_ids() == ["K00002"]
+    assert store.provision([entries[0], entries[2]]) == 2
+    assert store.user_ids() == ["K00001", "K00002", "K00003"]
+    assert store.get_grant("K00003").serial == 1

@@ -18,7 +18,8 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,19 +50,22 @@ APPLICATION_ID = 0x53454B49
 #: Row plaintexts are padded to a multiple of this, so lengths say little about names.
 ROW_PAD = 64
 INDEX_LEN = 16
+PAGE_SIZE = 16384
 
+#: Ordinary rowid tables on purpose: a WITHOUT ROWID table spills any row over ~1 KB (a
+#: grant) to overflow pages and wastes most of each page.
 #: Migrations: ``MIGRATIONS[n]`` turns format ``n`` into ``n + 1`` inside the opening
 #: transaction. Format 1 is the first; later formats add their step here.
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {}
 
 _SCHEMA = """
-CREATE TABLE meta (name TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
-CREATE TABLE users (uidx BLOB PRIMARY KEY, row BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE users (uidx BLOB PRIMARY KEY, row BLOB NOT NULL);
 CREATE TABLE slots (uidx BLOB NOT NULL, slot_id INTEGER NOT NULL, row BLOB NOT NULL,
-                    PRIMARY KEY (uidx, slot_id)) WITHOUT ROWID;
-CREATE TABLE grants (uidx BLOB PRIMARY KEY, row BLOB NOT NULL) WITHOUT ROWID;
+                    PRIMARY KEY (uidx, slot_id));
+CREATE TABLE grants (uidx BLOB PRIMARY KEY, row BLOB NOT NULL);
 CREATE TABLE state (uidx BLOB NOT NULL, name TEXT NOT NULL, row BLOB NOT NULL,
-                    PRIMARY KEY (uidx, name)) WITHOUT ROWID;
+                    PRIMARY KEY (uidx, name));
 """
 
 
@@ -99,6 +103,15 @@ def _unpad(data: bytes) -> bytes:
     return data[4 : 4 + n]
 
 
+@dataclass(frozen=True, kw_only=True)
+class ProvisionedUser:
+    """One user as provisioning installs them: record, slots and (optionally) a grant."""
+
+    record: UserRecord
+    slots: list[KeySlot]
+    grant: SealedGrant | None = None
+
+
 class CredentialStore:
     """The encrypted store of every user provisioned on this laptop."""
 
@@ -115,8 +128,12 @@ class CredentialStore:
     # --- opening ------------------------------------------------------------
 
     @staticmethod
-    def _connect(path: Path) -> sqlite3.Connection:
+    def _connect(path: Path, *, new: bool = False) -> sqlite3.Connection:
         conn = sqlite3.connect(path, isolation_level=None, timeout=10.0)
+        if new:
+            # Before the first table and before WAL: 16 KiB pages hold seven ~2 KB grant
+            # rows each; at 4 KiB every grant would take a page of its own (bench/unlock.py).
+            conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA secure_delete=ON")
@@ -146,7 +163,7 @@ class CredentialStore:
         salt = crypto.random_bytes(32)
         device_id = device_id or str(uuid.uuid4())
         with _sqlite_errors(path):
-            conn = cls._connect(path)
+            conn = cls._connect(path, new=True)
             conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
             conn.execute("BEGIN IMMEDIATE")
             for statement in filter(str.strip, _SCHEMA.split(";")):
@@ -305,25 +322,37 @@ class CredentialStore:
 
     def put_user(self, record: UserRecord, slots: list[KeySlot], *, replace: bool = False) -> None:
         """Add a user with their slots in one transaction (or replace them whole)."""
+        self.provision([ProvisionedUser(record=record, slots=slots)], replace=replace)
+
+    def provision(self, users: Iterable[ProvisionedUser], *, replace: bool = False) -> int:
+        """Install many users, their slots and grants in one transaction: all or nothing."""
+        count = 0
+        with self._write() as c:
+            for entry in users:
+                self._put_user_in(c, entry.record, entry.slots, replace=replace)
+                if entry.grant is not None:
+                    self._put_grant_in(c, entry.grant)
+                count += 1
+        return count
+
+    def _put_user_in(
+        self, c: sqlite3.Connection, record: UserRecord, slots: list[KeySlot], *, replace: bool
+    ) -> None:
         if len({s.slot_id for s in slots}) != len(slots):
             raise FormatError("Two slots share one slot id.")
         uidx = self.user_index(record.user_id)
-        with self._write() as c:
-            exists = c.execute("SELECT 1 FROM users WHERE uidx = ?", (uidx,)).fetchone()
-            if exists and not replace:
-                raise UserExists(f"Staff id {record.user_id} is already in this store.")
-            c.execute("DELETE FROM slots WHERE uidx = ?", (uidx,))
-            c.execute(
-                "INSERT OR REPLACE INTO users VALUES (?, ?)",
-                (uidx, self._seal("users", self._rk(uidx), record.to_cbor())),
-            )
-            c.executemany(
-                "INSERT INTO slots VALUES (?, ?, ?)",
-                [
-                    (uidx, s.slot_id, self._seal("slots", self._rk(uidx, s.slot_id), s.to_cbor()))
-                    for s in slots
-                ],
-            )
+        exists = c.execute("SELECT 1 FROM users WHERE uidx = ?", (uidx,)).fetchone()
+        if exists and not replace:
+            raise UserExists(f"Staff id {record.user_id} is already in this store.")
+        c.execute("DELETE FROM slots WHERE uidx = ?", (uidx,))
+        c.execute(
+            "INSERT OR REPLACE INTO users VALUES (?, ?)",
+            (uidx, self._seal("users", self._rk(uidx), record.to_cbor())),
+        )
+        c.executemany(
+            "INSERT INTO slots VALUES (?, ?, ?)",
+            [(uidx, s.slot_id, self._seal("slots", self._rk(uidx, s.slot_id), s.to_cbor())) for s in slots],
+        )
 
     def remove_user(self, user_id: str) -> None:
         uidx = self.user_index(user_id)
@@ -372,24 +401,22 @@ class CredentialStore:
 
     def put_grant(self, sealed: SealedGrant) -> None:
         """Install a grant; refuse one older than the installed grant (rollback)."""
+        with self._write() as c:
+            self._put_grant_in(c, sealed)
+
+    def _put_grant_in(self, c: sqlite3.Connection, sealed: SealedGrant) -> None:
         if sealed.device_id != self.device_id:
             raise GrantError("This grant was issued for another laptop.")
         uidx = self.user_index(sealed.user_id)
         rk = self._rk(uidx)
-        with self._write() as c:
-            if c.execute("SELECT 1 FROM users WHERE uidx = ?", (uidx,)).fetchone() is None:
-                raise UserNotFound("There is no such staff id on this laptop.")
-            row = c.execute("SELECT row FROM grants WHERE uidx = ?", (uidx,)).fetchone()
-            if row is not None:
-                current: SealedGrant = self._decode("grants", rk, row[0], SealedGrant.from_cbor)
-                if sealed.serial < current.serial:
-                    raise GrantError(
-                        f"Grant serial {sealed.serial} is older than the installed {current.serial}."
-                    )
-            c.execute(
-                "INSERT OR REPLACE INTO grants VALUES (?, ?)",
-                (uidx, self._seal("grants", rk, sealed.to_cbor())),
-            )
+        if c.execute("SELECT 1 FROM users WHERE uidx = ?", (uidx,)).fetchone() is None:
+            raise UserNotFound("There is no such staff id on this laptop.")
+        row = c.execute("SELECT row FROM grants WHERE uidx = ?", (uidx,)).fetchone()
+        if row is not None:
+            current: SealedGrant = self._decode("grants", rk, row[0], SealedGrant.from_cbor)
+            if sealed.serial < current.serial:
+                raise GrantError(f"Grant serial {sealed.serial} is older than the installed {current.serial}.")
+        c.execute("INSERT OR REPLACE INTO grants VALUES (?, ?)", (uidx, self._seal("grants", rk, sealed.to_cbor())))
 
     def get_grant(self, user_id: str) -> SealedGrant:
         uidx = self.user_index(user_id)
