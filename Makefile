@@ -9,9 +9,9 @@ STAMP  := $(VENV)/.sekisho-installed
 DEMO_OUT ?= demo-out
 export DEMO_OUT
 
-DEBIAN_PACKAGES := oathtool gnome-keyring dbus dbus-x11 libsecret-tools
+DEBIAN_PACKAGES := oathtool gnome-keyring dbus
 # Commands that show the Debian packages are there.
-DEBIAN_CHECK    := oathtool gnome-keyring-daemon dbus-daemon
+DEBIAN_CHECK    := oathtool gnome-keyring-daemon dbus-run-session dbus-send
 
 .PHONY: demo test lint typecheck unit bench system-deps clean help
 

@@ -147,19 +147,18 @@ def x25519_public(private_raw: bytes | bytearray) -> bytes:
     )
 
 
-def x25519_generate() -> tuple[bytearray, bytes]:
-    """A fresh X25519 key pair as (private, public) raw bytes."""
-    key = X25519PrivateKey.generate()
+def _raw_pair(key: X25519PrivateKey | Ed25519PrivateKey) -> tuple[bytearray, bytes]:
     private = bytearray(
         key.private_bytes(
-            serialization.Encoding.Raw,
-            serialization.PrivateFormat.Raw,
-            serialization.NoEncryption(),
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
         )
     )
-    return private, key.public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw
-    )
+    return private, key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def x25519_generate() -> tuple[bytearray, bytes]:
+    """A fresh X25519 key pair as (private, public) raw bytes."""
+    return _raw_pair(X25519PrivateKey.generate())
 
 
 def x25519_exchange(private_raw: bytes | bytearray, public_raw: bytes) -> bytes:
@@ -201,17 +200,8 @@ def unseal(recipient_private: bytes | bytearray, sealed: bytes, *, purpose: str,
 
 
 def ed25519_generate() -> tuple[bytearray, bytes]:
-    key = Ed25519PrivateKey.generate()
-    private = bytearray(
-        key.private_bytes(
-            serialization.Encoding.Raw,
-            serialization.PrivateFormat.Raw,
-            serialization.NoEncryption(),
-        )
-    )
-    return private, key.public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw
-    )
+    """A fresh Ed25519 key pair as (private, public) raw bytes."""
+    return _raw_pair(Ed25519PrivateKey.generate())
 
 
 def ed25519_public(private_raw: bytes | bytearray) -> bytes:

@@ -189,7 +189,7 @@ class CredentialStore:
         if not path.is_file():
             raise StoreNotFound(f"There is no credential store at {path}.")
         with _sqlite_errors(path):
-            conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True, isolation_level=None, timeout=10.0)
+            conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, isolation_level=None)
             app_id = conn.execute("PRAGMA application_id").fetchone()[0]
             if app_id != APPLICATION_ID:
                 conn.close()
