@@ -8,7 +8,6 @@ same way (see docs/crypto.md). Everything comes from ``cryptography`` and
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import os
 from dataclasses import dataclass
@@ -204,14 +203,6 @@ def ed25519_generate() -> tuple[bytearray, bytes]:
     return _raw_pair(Ed25519PrivateKey.generate())
 
 
-def ed25519_public(private_raw: bytes | bytearray) -> bytes:
-    return (
-        Ed25519PrivateKey.from_private_bytes(bytes(private_raw))
-        .public_key()
-        .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    )
-
-
 def ed25519_sign(private_raw: bytes | bytearray, message: bytes) -> bytes:
     return Ed25519PrivateKey.from_private_bytes(bytes(private_raw)).sign(message)
 
@@ -237,15 +228,6 @@ def key_fingerprint(public_raw: bytes) -> str:
 
 def b64e(data: bytes | bytearray) -> str:
     return base64.b64encode(bytes(data)).decode("ascii")
-
-
-def b64d(text: object, *, what: str) -> bytes:
-    if not isinstance(text, str):
-        raise FormatError(f"{what}: expected base64 text")
-    try:
-        return base64.b64decode(text.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError):
-        raise FormatError(f"{what}: not valid base64") from None
 
 
 def _refuse_floats(obj: Any) -> Any:
