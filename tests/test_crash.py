@@ -58,7 +58,7 @@ def test_killed_writer_leaves_whole_users_only(tmp_path) -> None:
             for uid in ids:
                 _, slots = store.get_user(uid)
                 assert [s.slot_id for s in slots] == [0, 1, 2]
-            # A user without their state record is the one write that was cut between two
-            # transactions; never more than one, and never a half-written row.
+            # A user without their state record is a writer cut between its two
+            # transactions: at most one per kill, and never a half-written row.
             without_state = [uid for uid in ids if store.read_state(uid, "counter") is None]
-            assert len(without_state) <= 1
+            assert len(without_state) <= round_ + 1
