@@ -35,11 +35,11 @@ class Fields:
         self.obj = obj
         self.what = what
 
-    def _get(self, key: str, types: tuple[type, ...], default: Any, required: bool) -> Any:
+    def _get(self, key: str, types: tuple[type, ...], *, required: bool = True) -> Any:
         if key not in self.obj:
             if required:
                 raise FormatError(f"{self.what}: field {key!r} is missing")
-            return default
+            return None
         value = self.obj[key]
         # bool is an int subclass: keep them apart.
         if type(value) not in types:
@@ -47,32 +47,32 @@ class Fields:
         return value
 
     def blob(self, key: str, *, length: int | None = None, required: bool = True) -> Any:
-        value = self._get(key, (bytes,), None, required)
+        value = self._get(key, (bytes,), required=required)
         if value is not None and length is not None and len(value) != length:
             raise FormatError(f"{self.what}: field {key!r} has the wrong length")
         return value
 
-    def text(self, key: str, *, required: bool = True, default: str = "") -> Any:
-        return self._get(key, (str,), default, required)
+    def text(self, key: str) -> Any:
+        return self._get(key, (str,))
 
-    def integer(self, key: str, *, required: bool = True, default: int = 0) -> Any:
-        return self._get(key, (int,), default, required)
+    def integer(self, key: str) -> Any:
+        return self._get(key, (int,))
 
-    def flag(self, key: str, *, required: bool = True, default: bool = False) -> Any:
-        return self._get(key, (bool,), default, required)
+    def flag(self, key: str) -> Any:
+        return self._get(key, (bool,))
 
-    def mapping(self, key: str, *, required: bool = True) -> Any:
-        value = self._get(key, (dict,), {}, required)
+    def mapping(self, key: str) -> Any:
+        value = self._get(key, (dict,))
         if not all(isinstance(k, str) for k in value):
             raise FormatError(f"{self.what}: field {key!r} must have text keys")
         return value
 
-    def texts(self, key: str, *, required: bool = True) -> tuple[str, ...]:
-        value = self._get(key, (list,), [], required)
+    def texts(self, key: str) -> tuple[str, ...]:
+        value = self._get(key, (list,))
         if not all(type(v) is str for v in value):
             raise FormatError(f"{self.what}: field {key!r} must be a list of text")
         return tuple(value)
 
-    def items(self, key: str, *, required: bool = True) -> list[Any]:
-        value: list[Any] = self._get(key, (list,), [], required)
+    def items(self, key: str) -> list[Any]:
+        value: list[Any] = self._get(key, (list,))
         return value
