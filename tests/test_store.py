@@ -153,10 +153,22 @@ def test_damaged_file_gives_a_clear_store_error(tmp_path, key_source, store, dam
     assert isinstance(info.value, (StoreCorrupt, IntegrityError))
 
 
-def test_another_sqlite_file_is_not_a_store(tmp_path, key_source) -> None:
+def test_another_sqlite_file_is_not_a_store_and_is_left_unchanged(tmp_path, key_source) -> None:
     raw(tmp_path / "other.db", "CREATE TABLE t (x)")
+    before = (tmp_path / "other.db").read_bytes()
     with pytest.raises(StoreCorrupt, match="not a Sekisho"):
         CredentialStore.open(tmp_path / "other.db", key_source)
+    assert (tmp_path / "other.db").read_bytes() == before  # not switched to WAL mode
+    assert raw(tmp_path / "other.db", "PRAGMA journal_mode") == [("delete",)]
+
+
+def test_a_failed_creation_leaves_nothing_behind(tmp_path, key_source, monkeypatch) -> None:
+    monkeypatch.setattr(store_module, "_SCHEMA", store_module._SCHEMA + "CREATE TABLE broken (;")
+    with pytest.raises(StoreCorrupt):
+        CredentialStore.create(tmp_path / "new.db", key_source)
+    assert not list(tmp_path.glob("new.db*"))
+    monkeypatch.undo()
+    CredentialStore.create(tmp_path / "new.db", key_source).close()
 
 
 def _rows(path: Path) -> list[tuple[str, str, tuple, bytes]]:

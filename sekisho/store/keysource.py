@@ -114,28 +114,19 @@ class KeyringKeySource(DeviceKeySource):
             )
         return backend
 
-    def load(self) -> bytearray | None:
+    def _call(self, doing: str, method: str, *args: str) -> Any:
+        backend = self._backend()
         try:
-            value = self._backend().get_password(self.SERVICE, self.name)
-        except KeySourceError:
-            raise
+            return getattr(backend, method)(self.SERVICE, self.name, *args)
         except Exception as exc:  # keyring backends raise their own trees
-            raise KeySourceUnavailable(
-                f"The keyring could not be read ({type(exc).__name__})."
-            ) from None
+            raise KeySourceUnavailable(f"The keyring could not {doing} ({type(exc).__name__}).") from None
+
+    def load(self) -> bytearray | None:
+        value = self._call("be read", "get_password")
         return None if value is None else _decode_key(value, self.description)
 
     def _store(self, key: bytes) -> None:
-        try:
-            self._backend().set_password(
-                self.SERVICE, self.name, base64.b64encode(key).decode("ascii")
-            )
-        except KeySourceError:
-            raise
-        except Exception as exc:
-            raise KeySourceUnavailable(
-                f"The keyring could not store the device key ({type(exc).__name__})."
-            ) from None
+        self._call("store the device key", "set_password", base64.b64encode(key).decode("ascii"))
 
 
 class _FileKeySource(DeviceKeySource):

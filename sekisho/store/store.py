@@ -115,12 +115,14 @@ class ProvisionedUser:
 class CredentialStore:
     """The encrypted store of every user provisioned on this laptop."""
 
-    def __init__(self, path: Path, conn: sqlite3.Connection, device_key: bytearray, salt: bytes) -> None:
+    def __init__(
+        self, path: Path, conn: sqlite3.Connection, device_key: bytearray, salt: bytes, device_id: str
+    ) -> None:
         self.path = path
         self._conn = conn
         self._k_rows = crypto.hkdf(device_key, salt=salt, info=crypto.label("rows"))
         self._k_index = crypto.hkdf(device_key, salt=salt, info=crypto.label("index"))
-        self.device_id = ""
+        self.device_id = device_id
 
     def __repr__(self) -> str:
         return f"<CredentialStore {self.path}>"
@@ -128,8 +130,12 @@ class CredentialStore:
     # --- opening ------------------------------------------------------------
 
     @staticmethod
-    def _connect(path: Path, *, new: bool = False) -> sqlite3.Connection:
-        conn = sqlite3.connect(path, isolation_level=None, timeout=10.0)
+    def _connect(path: Path) -> sqlite3.Connection:
+        # mode=rw: opening never creates a file; "create" made it with 0600 already.
+        return sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, isolation_level=None, timeout=10.0)
+
+    @staticmethod
+    def _configure(conn: sqlite3.Connection, *, new: bool) -> None:
         if new:
             # Before the first table and before WAL: 16 KiB pages hold seven ~2 KB grant
             # rows each; at 4 KiB every grant would take a page of its own (bench/unlock.py).
@@ -137,8 +143,6 @@ class CredentialStore:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA secure_delete=ON")
-        conn.execute("PRAGMA foreign_keys=ON")
-        return conn
 
     @staticmethod
     def _key_check(device_key: bytes | bytearray, salt: bytes) -> bytes:
@@ -148,38 +152,48 @@ class CredentialStore:
     def create(
         cls, path: Path, key_source: DeviceKeySource, *, device_id: str | None = None
     ) -> CredentialStore:
-        """Make a new, empty store. Uses the source's key, creating one if it has none."""
+        """Make a new, empty store. Uses the source's key, creating one if it has none.
+
+        A failed creation removes the file it made, so it can simply be run again.
+        """
         path = Path(path)
         device_key = key_source.load() or key_source.create()
         try:
-            # Create the file with owner-only permissions before SQLite touches it; the
-            # WAL and shared-memory files inherit them.
+            # Owner-only permissions before SQLite touches the file; the WAL and
+            # shared-memory files inherit them.
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
         except FileExistsError:
-            raise StoreError(
-                f"A file already exists at {path}; refusing to overwrite it."
-            ) from None
+            crypto.wipe(device_key)
+            raise StoreError(f"A file already exists at {path}; refusing to overwrite it.") from None
         os.close(fd)
         salt = crypto.random_bytes(32)
         device_id = device_id or str(uuid.uuid4())
-        with _sqlite_errors(path):
-            conn = cls._connect(path, new=True)
-            conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
-            conn.execute("BEGIN IMMEDIATE")
-            for statement in filter(str.strip, _SCHEMA.split(";")):
-                conn.execute(statement)
-            key_check = crypto.aead_encrypt(
-                cls._key_check(device_key, salt), b"", crypto.label("key-check")
-            )
-            conn.executemany(
-                "INSERT INTO meta VALUES (?, ?)",
-                [("format", str(FORMAT_VERSION).encode()), ("salt", salt), ("key_check", key_check)],
-            )
-            store = cls(path, conn, device_key, salt)
-            store._put_row("meta", "device", codec.encode({"id": device_id, "created": int(time.time())}))
-            conn.execute("COMMIT")
-        store.device_id = device_id
-        crypto.wipe(device_key)
+        conn = None
+        try:
+            with _sqlite_errors(path):
+                conn = cls._connect(path)
+                cls._configure(conn, new=True)
+                conn.execute("BEGIN IMMEDIATE")
+                # Inside the transaction: a creation cut short leaves no Sekisho header.
+                conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+                for statement in filter(str.strip, _SCHEMA.split(";")):
+                    conn.execute(statement)
+                key_check = crypto.aead_encrypt(cls._key_check(device_key, salt), b"", crypto.label("key-check"))
+                conn.executemany(
+                    "INSERT INTO meta VALUES (?, ?)",
+                    [("format", str(FORMAT_VERSION).encode()), ("salt", salt), ("key_check", key_check)],
+                )
+                store = cls(path, conn, device_key, salt, device_id)
+                store._put_meta("device", codec.encode({"id": device_id, "created": int(time.time())}))
+                conn.execute("COMMIT")
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+            raise
+        finally:
+            crypto.wipe(device_key)
         return store
 
     @classmethod
@@ -188,41 +202,44 @@ class CredentialStore:
         path = Path(path)
         if not path.is_file():
             raise StoreNotFound(f"There is no credential store at {path}.")
-        with _sqlite_errors(path):
-            conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, isolation_level=None)
-            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-            if app_id != APPLICATION_ID:
+        conn = None
+        device_key = None
+        try:
+            with _sqlite_errors(path):
+                conn = cls._connect(path)
+                # Check what the file is before changing anything (WAL mode) in it.
+                if conn.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+                    raise StoreCorrupt(f"{path} is not a Sekisho credential store.")
+                cls._configure(conn, new=False)
+                meta = dict(conn.execute("SELECT name, value FROM meta").fetchall())
+                try:
+                    version = int(meta["format"])
+                    salt, key_check = meta["salt"], meta["key_check"]
+                except (KeyError, ValueError):
+                    raise StoreCorrupt(f"The credential store {path} has no valid header.") from None
+                if version > FORMAT_VERSION:
+                    raise StoreFormatTooNew(
+                        f"The credential store {path} has format {version}; this Sekisho "
+                        f"reads up to format {FORMAT_VERSION}."
+                    )
+                device_key = key_source.require()
+                try:
+                    crypto.aead_decrypt(cls._key_check(device_key, salt), key_check, crypto.label("key-check"))
+                except crypto.AeadFailure:
+                    raise WrongDeviceKey(
+                        f"The device key from {key_source.description} does not open {path}."
+                    ) from None
+                store = cls(path, conn, device_key, salt, "")
+                if version < FORMAT_VERSION:
+                    store._migrate(version)
+                device = Fields(codec.decode(store._get_meta("device"), what="device"), "device")
+                store.device_id = device.text("id")
+        except BaseException:
+            if conn is not None:
                 conn.close()
-                raise StoreCorrupt(f"{path} is not a Sekisho credential store.")
-            conn.close()
-            conn = cls._connect(path)
-            meta = dict(conn.execute("SELECT name, value FROM meta").fetchall())
-            try:
-                version = int(meta["format"])
-                salt, key_check = meta["salt"], meta["key_check"]
-            except (KeyError, ValueError):
-                conn.close()
-                raise StoreCorrupt(f"The credential store {path} has no valid header.") from None
-            if version > FORMAT_VERSION:
-                conn.close()
-                raise StoreFormatTooNew(
-                    f"The credential store {path} has format {version}; this Sekisho "
-                    f"reads up to format {FORMAT_VERSION}."
-                )
-            device_key = key_source.require()
-            try:
-                crypto.aead_decrypt(cls._key_check(device_key, salt), key_check, crypto.label("key-check"))
-            except crypto.AeadFailure:
-                conn.close()
-                raise WrongDeviceKey(
-                    f"The device key from {key_source.description} does not open {path}."
-                ) from None
-            store = cls(path, conn, device_key, salt)
+            raise
+        finally:
             crypto.wipe(device_key)
-            if version < FORMAT_VERSION:
-                store._migrate(version)
-            device = Fields(codec.decode(store._get_row("meta", "device"), what="device"), "device")
-            store.device_id = device.text("id")
         return store
 
     def _migrate(self, version: int) -> None:
@@ -291,17 +308,14 @@ class CredentialStore:
                 "(changed, moved or damaged)."
             ) from None
 
-    def _put_row(self, table: str, name: str, plaintext: bytes) -> None:
-        # Only meta rows go through here; the others have composite keys.
-        self._conn.execute(
-            "INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, self._seal(table, name, plaintext))
-        )
+    def _put_meta(self, name: str, plaintext: bytes) -> None:
+        self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, self._seal("meta", name, plaintext)))
 
-    def _get_row(self, table: str, name: str) -> bytes:
+    def _get_meta(self, name: str) -> bytes:
         row = self._conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
         if row is None:
             raise StoreCorrupt(f"The credential store {self.path} is missing its {name} record.")
-        return self._unseal(table, name, row[0])
+        return self._unseal("meta", name, row[0])
 
     def user_index(self, user_id: str) -> bytes:
         """``HMAC(K_index, casefold(NFKC(staff id)))``, truncated to 128 bits."""
@@ -372,15 +386,9 @@ class CredentialStore:
             slot_rows = c.execute(
                 "SELECT slot_id, row FROM slots WHERE uidx = ? ORDER BY slot_id", (uidx,)
             ).fetchall()
+        # The row keys in the associated data bind each record to this user and slot id.
         record: UserRecord = self._decode("users", self._rk(uidx), row[0], UserRecord.from_cbor)
-        if record.user_id.casefold() != normalise_staff_id(user_id).casefold():
-            raise IntegrityError(f"A users record in {self.path} belongs to another staff id.")
-        slots = [
-            self._decode("slots", self._rk(uidx, sid), blob, KeySlot.from_cbor) for sid, blob in slot_rows
-        ]
-        for sid, slot in zip((r[0] for r in slot_rows), slots, strict=True):
-            if slot.slot_id != sid:
-                raise IntegrityError(f"A slots record in {self.path} was moved.")
+        slots = [self._decode("slots", self._rk(uidx, sid), blob, KeySlot.from_cbor) for sid, blob in slot_rows]
         return record, slots
 
     def user_count(self) -> int:
@@ -425,18 +433,12 @@ class CredentialStore:
         if row is None:
             raise GrantError("There is no grant for this staff id on this laptop.")
         sealed: SealedGrant = self._decode("grants", self._rk(uidx), row[0], SealedGrant.from_cbor)
-        if sealed.user_id.casefold() != normalise_staff_id(user_id).casefold():
-            raise IntegrityError(f"A grants record in {self.path} belongs to another staff id.")
         return sealed
 
     # --- per-user factor state (TOTP steps; later failure counters) -------------
 
-    def read_state(self, user_id: str, name: str) -> dict[str, Any] | None:
-        uidx = self.user_index(user_id)
-        with _sqlite_errors(self.path):
-            row = self._conn.execute(
-                "SELECT row FROM state WHERE uidx = ? AND name = ?", (uidx, name)
-            ).fetchone()
+    def _state(self, c: sqlite3.Connection, uidx: bytes, name: str) -> dict[str, Any] | None:
+        row = c.execute("SELECT row FROM state WHERE uidx = ? AND name = ?", (uidx, name)).fetchone()
         if row is None:
             return None
         state: dict[str, Any] = self._decode(
@@ -444,20 +446,19 @@ class CredentialStore:
         )
         return state
 
+    def read_state(self, user_id: str, name: str) -> dict[str, Any] | None:
+        with _sqlite_errors(self.path):
+            return self._state(self._conn, self.user_index(user_id), name)
+
     def update_state(
         self, user_id: str, name: str, update: Callable[[dict[str, Any] | None], dict[str, Any]]
     ) -> dict[str, Any]:
         """Read, change and write one state record in a single write transaction."""
         uidx = self.user_index(user_id)
-        rk = self._rk(uidx, name)
         with self._write() as c:
-            row = c.execute("SELECT row FROM state WHERE uidx = ? AND name = ?", (uidx, name)).fetchone()
-            old = None
-            if row is not None:
-                old = self._decode("state", rk, row[0], lambda b: codec.decode(b, what="state"))
-            new = update(old)
+            new = update(self._state(c, uidx, name))
             c.execute(
                 "INSERT OR REPLACE INTO state VALUES (?, ?, ?)",
-                (uidx, name, self._seal("state", rk, codec.encode(new))),
+                (uidx, name, self._seal("state", self._rk(uidx, name), codec.encode(new))),
             )
         return new
