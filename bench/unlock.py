@@ -16,6 +16,7 @@ Medians of interleaved rounds, so a noisy neighbour hits both sides of a ratio a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -66,8 +67,7 @@ def synthetic_user(uid: str, device_id: str) -> ProvisionedUser:
     crypto.wipe(key)
     wraps = tuple(RecoveryWrap(key_id=f"{i:08X}", salt=os.urandom(32), wrapped=os.urandom(60),
                                ephemeral=os.urandom(32)) for i in range(5))
-    sealed = type(sealed)(device_id=sealed.device_id, user_id=sealed.user_id, serial=sealed.serial,
-                          ciphertext=sealed.ciphertext, user_seal=sealed.user_seal, recovery=wraps)
+    sealed = dataclasses.replace(sealed, recovery=wraps)
     record = UserRecord(user_id=uid, display_name="佐藤 美咲", kana="サトウ ミサキ", department="市民課",
                         roles=("madoguchi",), identity_public=public)
     return ProvisionedUser(record=record, slots=slots, grant=sealed)

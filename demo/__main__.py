@@ -179,7 +179,7 @@ def run(out: Path) -> bool:
         clock.advance()
         code = tokens[s.user_id].code_at(clock())
         report.expect(f"{s.user_id} logs on with passphrase and one-time code", "unlocked",
-                      lambda s=s, code=code: logon(s, s.passphrase, code))  # type: ignore[misc]
+                      lambda s=s, code=code: logon(s, s.passphrase, code))
 
     print("== Laptop, offline: what must be refused ==")
     clock.advance()
