@@ -120,7 +120,7 @@ def test_migration_hook_runs_in_order(tmp_path, key_source, store, monkeypatch) 
     enrol_user(store, "K10234")
     store.close()
     ran = []
-    monkeypatch.setattr(store_module, "FORMAT_VERSION", 2)
+    monkeypatch.setattr(CredentialStore, "FORMAT_VERSION", 2)
     monkeypatch.setitem(store_module.MIGRATIONS, 1, lambda conn: ran.append(conn.in_transaction))
     with CredentialStore.open(tmp_path / "store.db", key_source) as s:
         assert s.get_user("K10234")[0].user_id == "K10234"
@@ -163,7 +163,7 @@ def test_another_sqlite_file_is_not_a_store_and_is_left_unchanged(tmp_path, key_
 
 
 def test_a_failed_creation_leaves_nothing_behind(tmp_path, key_source, monkeypatch) -> None:
-    monkeypatch.setattr(store_module, "_SCHEMA", store_module._SCHEMA + "CREATE TABLE broken (;")
+    monkeypatch.setattr(CredentialStore, "SCHEMA", CredentialStore.SCHEMA + "CREATE TABLE broken (;")
     with pytest.raises(StoreCorrupt):
         CredentialStore.create(tmp_path / "new.db", key_source)
     assert not list(tmp_path.glob("new.db*"))
