@@ -153,3 +153,29 @@ class UserDisabled(FactorError):
     """The user is disabled on this laptop."""
 
     advice = "Call the helpdesk: this staff id is disabled on this laptop."
+
+
+# --- the logon trail -----------------------------------------------------------
+
+
+class TrailError(SekishoError):
+    """The logon trail cannot be opened, read or written."""
+
+
+class TrailInvalid(TrailError):
+    """Verification found a bad entry: ``reason`` says why, ``seq`` and ``line`` where."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str,
+        seq: int | None = None,
+        line: int | None = None,
+        source: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.seq = seq
+        self.line = line
+        self.source = source
