@@ -9,16 +9,16 @@ STAMP  := $(VENV)/.sekisho-installed
 DEMO_OUT ?= demo-out
 export DEMO_OUT
 
-DEBIAN_PACKAGES := oathtool gnome-keyring dbus
+DEBIAN_PACKAGES := oathtool gnome-keyring dbus openssl
 # Commands that show the Debian packages are there.
-DEBIAN_CHECK    := oathtool gnome-keyring-daemon dbus-run-session dbus-send
+DEBIAN_CHECK    := oathtool gnome-keyring-daemon dbus-run-session dbus-send openssl
 
 .PHONY: demo test lint typecheck unit bench system-deps clean help
 
 help:
 	@echo "make demo   - end-to-end run on embedded defaults and software devices (output in $(DEMO_OUT)/)"
 	@echo "make test   - lint, type check and the whole test suite"
-	@echo "make bench  - bench/unlock.py --json"
+	@echo "make bench  - bench/unlock.py --json and bench/trail.py --json"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -39,7 +39,7 @@ system-deps:
 	  fi; \
 	fi
 
-demo: $(STAMP)
+demo: $(STAMP) system-deps
 	$(PY) -m demo
 
 lint: $(STAMP)
@@ -55,6 +55,7 @@ test: lint typecheck unit
 
 bench: $(STAMP)
 	$(PY) bench/unlock.py --json
+	$(PY) bench/trail.py --json
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -3,8 +3,10 @@
 IT (at the office) signs a policy, enrols two staff members with a passphrase and a
 TOTP token, and provisions a laptop with their records and signed grants. Then, on the
 laptop and offline, each unlocks and opens their grant — and every attack the store
-must refuse is tried. All files go to ``$DEMO_OUT`` (default ``demo-out/``). Exit 0
-only if every outcome was the expected one.
+must refuse is tried. Every event goes to the laptop's signed logon trail, which an
+auditor then exports and verifies with ``sekisho-audit`` and with the stock-OpenSSL
+script. All files go to ``$DEMO_OUT`` (default ``demo-out/``). Exit 0 only if every
+outcome was the expected one.
 
 The TOTP tokens are software tokens; the demo's clock advances 30 s between logons
 instead of waiting for the next code.
@@ -16,6 +18,7 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -36,9 +39,13 @@ from sekisho.store.grants import Grant, issue_grant, unseal_grant_key
 from sekisho.store.keysource import InsecureFileKeySource
 from sekisho.store.records import DEFAULT_SLOT_KINDS, SlotKind, UserRecord
 from sekisho.store.store import CredentialStore
+from sekisho.trail import EventType, Trail
 from sekisho.unlock import unlock
 
 MARKER = ".sekisho-demo"
+ROOT = Path(__file__).resolve().parent.parent
+OPENSSL_SCRIPT = ROOT / "docs" / "verify-with-openssl.sh"
+PIN_TOTP_FACTORS = ["knowledge", "possession"]
 
 
 @dataclass(frozen=True)
@@ -130,6 +137,11 @@ def run(out: Path) -> bool:
     key_source = InsecureFileKeySource(out / "laptop" / "device.key")
     store = CredentialStore.create(out / "laptop" / "store.db", key_source)
     print(f"  device id {store.device_id}; device key in {key_source.description}")
+    trail = Trail.create(out / "laptop" / "trail.jsonl", key_source, device_id=store.device_id, clock=clock)
+    atomic_write(out / "trail-root.pem", trail.root_pem().encode(), mode=0o644)  # registered with the office
+    print(f"  logon trail started; trail root {crypto.key_fingerprint(trail.root)} -> trail-root.pem")
+    trail.append(EventType.POLICY_INSTALLED, details={"it_key": crypto.key_fingerprint(it_public),
+                                                      "slot_kinds": [k.value for k in policy.permitted_slot_kinds]})
 
     print("== Office: enrolment and provisioning (user present at the station) ==")
     report.expect(
@@ -160,6 +172,7 @@ def run(out: Path) -> bool:
         store.put_grant(sealed)
         print(f"  {s.user_id} {s.name} ({s.department}): pin+totp slot, grant #{serial} "
               f"for {len(s.apps)} app(s)")
+    trail.append(EventType.BUNDLE_INSTALLED, details={"users": len(STAFF)})
     store.close()
 
     print("== Laptop, offline: logons ==")
@@ -170,8 +183,18 @@ def run(out: Path) -> bool:
     unlocked = {}
 
     def logon(s: Staff, passphrase: str, code: str) -> str:
-        u = unlock(store, policy, s.user_id, ScriptedInteraction(passphrase=passphrase, code=code), clock=clock)
+        try:
+            u = unlock(store, policy, s.user_id, ScriptedInteraction(passphrase=passphrase, code=code),
+                       clock=clock)
+        except SekishoError as exc:
+            trail.append(EventType.LOGON_FAILURE, user=s.user_id,
+                         details={"slot": SlotKind.PIN_TOTP.value, "factors": PIN_TOTP_FACTORS,
+                                  "error": type(exc).__name__})
+            raise
+        trail.append(EventType.LOGON_SUCCESS, user=s.user_id,
+                     details={"slot": u.slot_kind.value, "factors": PIN_TOTP_FACTORS})
         grant = u.open_grant(store, it_public)
+        trail.append(EventType.UNLOCK, user=s.user_id, details={"apps": len(grant.apps)})
         unlocked[s.user_id] = u
         return f"unlocked {u.user.display_name}, grant opened: apps {', '.join(grant.apps)}"
 
@@ -208,7 +231,11 @@ def run(out: Path) -> bool:
             it_signing_key=rogue_private, user_public=user.identity_public)
         crypto.wipe(key)
         store.put_grant(sealed)
-        unlocked[sato.user_id].open_grant(store, it_public)
+        try:
+            unlocked[sato.user_id].open_grant(store, it_public)
+        except SekishoError:
+            trail.append(EventType.TAMPERING_DETECTED, user=user.user_id, details={"what": "grant signature"})
+            raise
         return "opened"
 
     report.expect("a grant planted without IT's key", "refused: GrantError", planted_grant)
@@ -221,9 +248,15 @@ def run(out: Path) -> bool:
         return "loaded"
 
     report.expect("a policy changed after IT signed it", "refused: PolicyError", tampered_policy)
-    for u in unlocked.values():
+    trail.append(EventType.TAMPERING_DETECTED, details={"what": "policy signature", "file": "tampered.toml"})
+    for user_id, u in unlocked.items():
+        trail.append(EventType.LOCK, user=user_id, details={"why": "request"})
         u.close()
     store.close()
+    head = trail.head
+    trail.close()
+    secrets = [s.passphrase for s in STAFF] + ["sakana ga oyogu kawa 8", "demo-apn-secret"]
+    audit(out, report, head, secrets)
 
     raw = b"".join(p.read_bytes() for p in (out / "laptop").glob("store.db*"))
     leaked = [w for s in STAFF for w in (s.user_id, s.name, s.kana, s.department, *s.apps)
@@ -235,6 +268,57 @@ def run(out: Path) -> bool:
     passed = sum(bool(r["ok"]) for r in report.rows)
     print(f"\n{passed} of {len(report.rows)} outcomes as expected. Files in {out}/ (summary.json).")
     return report.all_ok
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=600, check=False)  # noqa: S603 - our own tools
+
+
+def audit(out: Path, report: Report, head: object, secrets: list[str]) -> None:
+    """The auditor's side: export, filter, verify with sekisho-audit and with OpenSSL alone."""
+    print("== Auditor: export and verify the logon trail ==")
+    shutil.copy(out / "laptop" / "trail.jsonl", out / "trail.jsonl")
+    sekisho_audit = [sys.executable, "-m", "enroll.audit"]
+    root = str(out / "trail-root.pem")
+    exports = {
+        "export.jsonl": [],
+        "export-filtered.jsonl": ["--user", STAFF[1].user_id],
+        "export.csv": ["--format", "csv"],
+        "export.txt": ["--format", "text"],
+    }
+    for name, options in exports.items():
+        proc = _run(*sekisho_audit, "export", str(out / "trail.jsonl"), "-o", str(out / name), "--root", root,
+                    *options)
+        if proc.returncode != 0:
+            raise SystemExit(f"sekisho-audit export failed: {proc.stdout}{proc.stderr}")
+    print(f"  head recorded by the office: {head}")
+
+    def verified(name: str, *, with_openssl: bool = False) -> str:
+        if with_openssl:
+            proc = _run("sh", str(OPENSSL_SCRIPT), str(out / name), root, str(head))
+        else:
+            proc = _run(*sekisho_audit, "verify", str(out / name), "--root", root, "--head", str(head))
+        first = (proc.stdout.strip().splitlines() or [proc.stderr.strip()])[0]
+        return first if proc.returncode in (0, 1) else f"error: {proc.stderr.strip()}"
+
+    for name in ("trail.jsonl", "export-filtered.jsonl"):
+        report.expect(f"sekisho-audit verifies {name}", "VALID", lambda n=name: verified(n))
+        report.expect(f"the OpenSSL script verifies {name}", "VALID",
+                      lambda n=name: verified(n, with_openssl=True))
+
+    def changed_entry() -> str:
+        lines = (out / "trail.jsonl").read_bytes().splitlines(keepends=True)
+        index = next(i for i, line in enumerate(lines) if b'"logon-failure"' in line)
+        lines[index] = lines[index].replace(b'"logon-failure"', b'"logon-success"')
+        (out / "trail-changed.jsonl").write_bytes(b"".join(lines))
+        results = {verified("trail-changed.jsonl"), verified("trail-changed.jsonl", with_openssl=True)}
+        return "INVALID (both)" if all(r.startswith("INVALID") for r in results) else f"missed: {results}"
+
+    report.expect("a failed logon turned into a success is caught by both verifiers", "INVALID", changed_entry)
+    trail_bytes = b"".join(p.read_bytes() for p in (out / "laptop").glob("trail.jsonl*"))
+    found = [s for s in secrets if s.encode() in trail_bytes]
+    report.expect("the trail holds no passphrase or APN password", "none",
+                  lambda: "none" if not found else f"found {len(found)} secret(s)")
 
 
 def main() -> int:

@@ -212,3 +212,7 @@ def main(argv: Sequence[str] | None = None) -> Any:
         if "--debug" in args:
             raise
         _exit("unexpected error (run again with --debug for details).", EXIT_UNUSABLE)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -25,6 +25,13 @@ def test_demo_passes_and_writes_a_summary(tmp_path) -> None:
     assert {"unlocked", "refused: AuthenticationFailed", "refused: GrantError", "refused: PolicyError"} <= {
         r["expected"] for r in rows}
     assert "Traceback" not in proc.stdout + proc.stderr
+    # The auditor's files: the trail, its root and the exports, verified by both tools.
+    for name in ("trail.jsonl", "trail-root.pem", "export.jsonl", "export-filtered.jsonl", "export.csv"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+    checks = {r["check"]: r for r in rows}
+    assert checks["the OpenSSL script verifies export-filtered.jsonl"]["outcome"].startswith("VALID")
+    assert checks["a failed logon turned into a success is caught by both verifiers"]["ok"]
+    assert (tmp_path / "out" / "export.csv").read_bytes().startswith(b"\xef\xbb\xbf")
     # Run twice: it replaces its own earlier output.
     assert run_demo(tmp_path / "out").returncode == 0
 

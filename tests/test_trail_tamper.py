@@ -210,3 +210,24 @@ def test_untouched_trail_and_filtered_export_verify_with_both_tools(tmp_path: Pa
     assert summary["users"] == ["K20001"]
     # Both files of one laptop together: consistent, no fork.
     assert run_audit(capsys, "verify", str(trail.path), str(export), "--root", root)[0] == 0
+
+
+@needs_openssl
+def test_bodies_that_imitate_the_line_format_still_verify(tmp_path: Path, capsys) -> None:
+    # A staff member's name or a device answer ends up in details; neither tool may be
+    # confused by text that looks like the entry's own members.
+    trail = make_trail(tmp_path, events=0)
+    for text in ['","header":"AAAA","sig":"BBBB"}', '{"body":{}}', "\\\"quoted\\\" \\n 改行 ' $(x) `y`",
+                 "tab\there", "髙橋 﨑 ｶﾅ"]:
+        trail.append(EventType.LOGON_FAILURE, user="K10234", details={"note": text, "header": text, "sig": text})
+    root = tmp_path / "root.pem"
+    assert run_audit(capsys, "verify", str(trail.path), "--root", str(root))[0] == 0
+    proc = run_openssl(trail.path, root, str(trail.head))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # ... and changing a byte inside such a body is still caught by both.
+    content = lines(trail.path)
+    content[1] = content[1].replace(b"AAAA", b"AAAB", 1)
+    write_lines(trail.path, content)
+    assert json.loads(run_audit(capsys, "verify", str(trail.path), "--root", str(root), "--json")[1])[
+        "reason"] == Reason.BODY_HASH
+    assert "(reason: body-hash-mismatch)" in run_openssl(trail.path, root).stdout

@@ -69,7 +69,8 @@ def csv_rows(entries: Iterable[TrailEntry]) -> Iterator[list[str]]:
     for e in entries:
         body = e.body or {}
         details = json.dumps(body["details"], ensure_ascii=False, sort_keys=True) if "details" in body else ""
-        row = [e.seq, e.header.time, body.get("offset"), body.get("event"), body.get("user"),
+        offset = f"UTC{body['offset']}" if isinstance(body.get("offset"), str) else ""
+        row = [e.seq, e.header.time, offset, body.get("event"), body.get("user"),
                body.get("device"), details, "yes" if e.omitted else "", e.hash]
         yield [_cell(v) for v in row]
 
@@ -92,14 +93,17 @@ def text_line(entry: TrailEntry) -> str:
     if entry.body is None:
         return f"{entry.seq:>7}  {entry.header.time}  (body omitted from this export)"
     body = entry.body
-    details = ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in sorted(body.get("details", {}).items()))
-    user = body.get("user") or "-"
+    found = body.get("details")
+    details = ", ".join(
+        f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in sorted(found.items() if isinstance(found, dict) else [])
+    )
+    user = str(body.get("user") or "-")
     return f"{entry.seq:>7}  {entry.header.time}  {body.get('event', '?'):<18} {user:<12} {details}".rstrip()
 
 
 def write_text(entries: Iterable[TrailEntry], out: IO[bytes]) -> int:
     count = 0
-    out.write(f"{'seq':>7}  {'time (UTC)':<27} {'event':<18} {'user':<12} details\n".encode())
+    out.write(f"{'seq':>7}  {'time (UTC)':<27}  {'event':<18} {'user':<12} details\n".encode())
     for entry in entries:
         out.write((text_line(entry) + "\n").encode("utf-8"))
         count += 1
