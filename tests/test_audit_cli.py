@@ -51,6 +51,8 @@ def test_unusable_arguments_exit_2(tmp_path: Path, capsys) -> None:
     (tmp_path / "not-a-key.pem").write_text("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n")
     cases = [
         (["verify", str(tmp_path / "nothing.jsonl"), "--root", root], "cannot be read"),
+        (["verify", str(tmp_path), "--root", root], "cannot be read"),
+        (["show", str(tmp_path / "nothing.jsonl"), "--user", "K1"], "cannot be read"),
         (["verify", str(trail.path), "--root", str(tmp_path / "nothing.pem")], "cannot be read"),
         (["verify", str(trail.path), "--root", str(tmp_path / "not-a-key.pem")], "not a PEM public key"),
         (["verify", str(trail.path), "--root", root, "--head", "12:abc"], "is not a trail head"),
@@ -60,7 +62,7 @@ def test_unusable_arguments_exit_2(tmp_path: Path, capsys) -> None:
     ]
     for args, message in cases:
         code, out, err = run_audit(capsys, *args)
-        assert code == 2 if "nothing.jsonl" not in args[1] else code in (1, 2), (args, out, err)
+        assert code == 2, (args, out, err)
         assert message in out + err, (args, out, err)
         assert "Traceback" not in out + err
 

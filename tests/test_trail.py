@@ -268,3 +268,15 @@ def test_unexplained_bytes_at_the_end_are_kept_as_evidence(tmp_path: Path) -> No
     last = parse_line(raw[-1].rstrip(b"\n"))
     assert last.event == "tampering-detected"
     assert json.loads(raw[-1])["body"]["details"]["problem"].startswith("it ends with an unfinished line")
+
+
+def test_another_laptops_trail_in_its_place_is_detected(tmp_path: Path) -> None:
+    make_trail(tmp_path / "a").close()
+    make_trail(tmp_path / "b").close()  # same events, same length, another root
+    foreign = (tmp_path / "b" / "trail.jsonl").read_bytes()
+    (tmp_path / "a" / "trail.jsonl").write_bytes(foreign)
+    with Trail.open(tmp_path / "a" / "trail.jsonl", InsecureFileKeySource(tmp_path / "a" / "device.key")) as trail:
+        assert "another laptop's trail" in trail.anomalies[0]
+        last = list(trail.entries())[-1]
+        assert last.event == "tampering-detected" and last.seq == len(EVENTS) + 1
+    assert (tmp_path / "a" / "trail.jsonl").read_bytes().startswith(foreign)  # the evidence is kept

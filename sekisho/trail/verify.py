@@ -27,7 +27,7 @@ from typing import Any, BinaryIO
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from sekisho.errors import FormatError, TrailInvalid
+from sekisho.errors import FormatError, TrailError, TrailInvalid
 from sekisho.trail.format import GENESIS_HASH, MAX_LINE, TrailEntry, parse_line, sha256_hex
 
 
@@ -123,8 +123,7 @@ def read_file(path: Path) -> Iterator[TrailEntry]:
     try:
         handle = Path(path).open("rb")  # noqa: SIM115 - closed below, after the generator ends
     except OSError as exc:
-        raise TrailInvalid(f"{path} cannot be read: {exc.strerror}.", reason=Reason.MALFORMED,
-                           source=str(path)) from None
+        raise TrailError(f"{path} cannot be read: {exc.strerror}.") from None
     with handle:
         yield from read_lines(handle, str(path))
 

@@ -363,7 +363,8 @@ class Trail:
             return None
         if tail.entry is None:
             return f"the file is missing or empty, but {current.seq} entries were written"
-        if tail.entry.seq != current.seq - 1 or tail.entry.hash != current.prev_hash:
+        if (tail.entry.seq != current.seq - 1 or tail.entry.hash != current.prev_hash
+                or tail.entry.header.next_key != current.public):
             return (f"it ends at entry {tail.entry.seq}, but the last entry written was {current.seq - 1} "
                     "(a trail restored without its keys, or another laptop's trail)")
         return None
