@@ -126,6 +126,55 @@ class TotpSeedRejected(FactorError):
     pass
 
 
+# --- devices (security keys, cards) ---------------------------------------------
+
+
+class DeviceError(FactorError):
+    """A security key or card failed, vanished or answered something unreadable.
+
+    ``status`` is the device's own status code (CTAP2 error or ISO 7816 status word)
+    where there was one.
+    """
+
+    advice = "Remove the key or card, insert it again and retry. If it keeps failing, call the helpdesk."
+
+    def __init__(self, message: str, *, status: int | None = None, advice: str | None = None) -> None:
+        super().__init__(message, advice=advice)
+        self.status = status
+
+
+class KeyNotFound(FactorError):
+    """None of the connected security keys holds the user's credential."""
+
+    advice = "Insert your own security key (the one registered for your staff id) and try again."
+
+
+class KeyPinInvalid(AuthenticationFailed):
+    """The key or card refused its PIN; it counts the failure itself."""
+
+    advice = "Check the PIN of your key and try again."
+
+    def __init__(self, message: str, *, attempts_remaining: int | None) -> None:
+        super().__init__(message)
+        self.attempts_remaining = attempts_remaining
+
+
+class KeyPinBlocked(FactorError):
+    """The key's or card's PIN is blocked after too many wrong PINs."""
+
+    advice = "Call the helpdesk: the key must be reset and registered again at the office."
+
+
+class AttestationRejected(FactorError):
+    """At enrolment: the key could not prove what it is, or the policy does not allow it."""
+
+    advice = "Use a security key model IT has approved."
+
+
+class KeyUnsuitable(FactorError):
+    """The key cannot hold the slot kind asked for (no hmac-secret, alwaysUv, no PIN)."""
+
+
 # --- grants and policy ---------------------------------------------------------
 
 

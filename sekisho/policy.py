@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,6 +23,7 @@ from sekisho.factors.passphrase import PASSPHRASE_FLOOR
 from sekisho.store.records import DEFAULT_SLOT_KINDS, POLICY_SLOT_KINDS, SlotKind
 
 POLICY_VERSION = 1
+_AAGUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 SIGNATURE_SUFFIX = ".sig"
 
 
@@ -35,6 +37,8 @@ class Policy:
     passphrase_min_length: int = PASSPHRASE_FLOOR
     argon2: Argon2Params = field(default_factory=Argon2Params)
     allow_software_authenticators: bool = False
+    #: Security key models (AAGUIDs) allowed to hold slots; empty: any attested model.
+    aaguids: tuple[str, ...] = ()
     totp_drift_steps: int = 1
     version: int = POLICY_VERSION
 
@@ -50,12 +54,17 @@ class Policy:
             raise PolicyError("slots.permitted must name at least one slot kind.")
         if len(set(self.permitted_slot_kinds)) != len(self.permitted_slot_kinds):
             raise PolicyError("slots.permitted names a slot kind twice.")
+        for aaguid in self.aaguids:
+            if not isinstance(aaguid, str) or not _AAGUID.fullmatch(aaguid):
+                raise PolicyError(f"authenticators.aaguids: {aaguid!r} is not an AAGUID "
+                                  "(8-4-4-4-12 lower-case hex digits).")
 
     def permits(self, kind: SlotKind) -> bool:
         return kind in self.permitted_slot_kinds
 
     def to_toml(self) -> str:
         kinds = ", ".join(f'"{k.value}"' for k in self.permitted_slot_kinds)
+        aaguids = ", ".join(f'"{a}"' for a in self.aaguids)
         a = self.argon2
         return (
             f"# Sekisho policy, signed by IT. Any change needs a new signature.\n"
@@ -64,7 +73,8 @@ class Policy:
             f"[passphrase]\nmin_length = {self.passphrase_min_length}\n\n"
             f"[argon2id]\ntime_cost = {a.time_cost}\nmemory_kib = {a.memory_kib}\n"
             f"parallelism = {a.parallelism}\n\n"
-            f"[authenticators]\nallow_software = {str(self.allow_software_authenticators).lower()}\n\n"
+            f"[authenticators]\nallow_software = {str(self.allow_software_authenticators).lower()}\n"
+            f"aaguids = [{aaguids}]\n\n"
             f"[totp]\ndrift_steps = {self.totp_drift_steps}\n"
         )
 
@@ -79,7 +89,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, str]]] = {
         "memory_kib": (int, "argon2.memory_kib"),
         "parallelism": (int, "argon2.parallelism"),
     },
-    "authenticators": {"allow_software": (bool, "allow_software_authenticators")},
+    "authenticators": {"allow_software": (bool, "allow_software_authenticators"), "aaguids": (list, "aaguids")},
     "totp": {"drift_steps": (int, "totp_drift_steps")},
 }
 
@@ -125,6 +135,8 @@ def parse_policy(text: bytes) -> Policy:
                 raise PolicyError(f"slots.permitted names an unknown slot kind {name!r}.")
             kinds.append(kind)
         values["permitted_slot_kinds"] = tuple(kinds)
+    if "aaguids" in values:
+        values["aaguids"] = tuple(values["aaguids"])
     if argon2:
         try:
             values["argon2"] = replace(Argon2Params(), **argon2)

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 
 from sekisho import crypto
 from sekisho.errors import IntegrityError, NoUsableSlot, UserDisabled
-from sekisho.factors import pin_totp
+from sekisho.factors import fido2, pin_totp
 from sekisho.factors.interaction import UserInteraction
 from sekisho.policy import Policy
 from sekisho.store.grants import Grant, open_grant, unseal_grant_key
-from sekisho.store.records import KeySlot, SlotKind, UserRecord
+from sekisho.store.records import FactorKind, KeySlot, SlotKind, UserRecord
 from sekisho.store.store import CredentialStore
 
 log = logging.getLogger(__name__)
@@ -31,24 +31,57 @@ class OpenRequest:
     slot: KeySlot
     interaction: UserInteraction
     now: float
+    devices: fido2.DeviceSource = fido2.connected_keys
 
 
-Opener = Callable[[OpenRequest], bytearray]
+@dataclass(frozen=True, kw_only=True)
+class Opened:
+    """What an opener gives back: the identity, and how a device verified the user."""
+
+    identity: bytearray = field(repr=False)
+    uv_method: str | None = None
 
 
-def _open_pin_totp(req: OpenRequest) -> bytearray:
-    return pin_totp.open_slot(
+Opener = Callable[[OpenRequest], Opened]
+
+
+def _open_pin_totp(req: OpenRequest) -> Opened:
+    return Opened(identity=pin_totp.open_slot(
         store=req.store,
         user_id=req.user.user_id,
         slot=req.slot,
         interaction=req.interaction,
         now=req.now,
         drift_steps=req.policy.totp_drift_steps,
+    ))
+
+
+def _open_fido2(req: OpenRequest) -> Opened:
+    result = fido2.open_slot(
+        slot=req.slot,
+        user_id=req.user.user_id,
+        devices=req.devices(),
+        interaction=req.interaction,
+        allow_software=req.policy.allow_software_authenticators,
+        aaguids=req.policy.aaguids,
     )
+    return Opened(identity=result.identity, uv_method=result.uv_method)
 
 
-#: How each slot kind is opened. The FIDO2 and card factors add theirs.
-OPENERS: dict[SlotKind, Opener] = {SlotKind.PIN_TOTP: _open_pin_totp}
+#: How each slot kind is opened. The card factors add theirs.
+OPENERS: dict[SlotKind, Opener] = {
+    SlotKind.PIN_TOTP: _open_pin_totp,
+    SlotKind.FIDO2_UV: _open_fido2,
+    SlotKind.PIN_FIDO2: _open_fido2,
+}
+
+
+def factor_kinds(kind: SlotKind, uv_method: str | None = None) -> tuple[FactorKind, ...]:
+    """The two kinds of factor a slot opening proved (for the trail and the auditors)."""
+    if kind is SlotKind.FIDO2_UV:
+        second = FactorKind.BIOMETRIC if uv_method == "fingerprint" else FactorKind.KNOWLEDGE
+        return (FactorKind.POSSESSION, second)
+    return (FactorKind.KNOWLEDGE, FactorKind.POSSESSION)
 
 
 @dataclass(kw_only=True)
@@ -59,6 +92,12 @@ class Unlocked:
     slot_id: int
     slot_kind: SlotKind
     identity_private: bytearray = field(repr=False)
+    #: How the key verified the user for a fido2-uv slot ("fingerprint" or "pin").
+    uv_method: str | None = None
+
+    @property
+    def factors(self) -> tuple[FactorKind, ...]:
+        return factor_kinds(self.slot_kind, self.uv_method)
 
     def open_grant(self, store: CredentialStore, it_public: bytes) -> Grant:
         sealed = store.get_grant(self.user.user_id)
@@ -91,8 +130,12 @@ def unlock(
     interaction: UserInteraction,
     *,
     clock: Callable[[], float] = time.time,
+    devices: fido2.DeviceSource | None = None,
 ) -> Unlocked:
-    """Open ``user_id``'s identity with the first permitted slot they hold."""
+    """Open ``user_id``'s identity with the first permitted slot they hold.
+
+    ``devices`` lists the connected security keys (by default, every USB FIDO2 key).
+    """
     record, slots = store.get_user(user_id)
     if not record.enabled:
         raise UserDisabled("This staff id is disabled on this laptop.")
@@ -100,11 +143,12 @@ def unlock(
     if not candidates:
         raise NoUsableSlot("None of this user's enrolled factors is permitted on this laptop.")
     slot = candidates[0]
-    identity = OPENERS[slot.kind](
-        OpenRequest(store=store, policy=policy, user=record, slot=slot, interaction=interaction, now=clock())
-    )
-    if crypto.x25519_public(identity) != record.identity_public:
-        crypto.wipe(identity)
+    request = OpenRequest(store=store, policy=policy, user=record, slot=slot, interaction=interaction, now=clock(),
+                          devices=devices or fido2.connected_keys)
+    opened = OPENERS[slot.kind](request)
+    if crypto.x25519_public(opened.identity) != record.identity_public:
+        crypto.wipe(opened.identity)
         raise IntegrityError("The slot opened but holds another identity: the store was altered.")
     log.info("unlocked with a %s slot", slot.kind.value)
-    return Unlocked(user=record, slot_id=slot.slot_id, slot_kind=slot.kind, identity_private=identity)
+    return Unlocked(user=record, slot_id=slot.slot_id, slot_kind=slot.kind, identity_private=opened.identity,
+                    uv_method=opened.uv_method)

@@ -1,0 +1,1 @@
+"""Devices Sekisho can talk to, and software stand-ins for tests and the demo."""
