@@ -5,6 +5,12 @@
 * ``argon2id_ms``: bare Argon2id with the default policy's parameters (the baseline).
 * ``unlock_pin_totp_ms``: a full ``pin+totp`` unlock (lookup, TOTP check and its durable
   step write, Argon2id, slot open); ``unlock_overhead_ratio`` = the two divided (goal <= 1.10).
+* ``unlock_fido2_uv_ms``: a full ``fido2-uv`` unlock with the software key's fingerprint
+  (lookup, silent pre-flight, UV token, key agreement, hmac-secret assertion and its
+  signature check, slot open): no Argon2id, goal <= a tenth of ``argon2id_ms``
+  (``fido2_uv_vs_argon2id``). A real key adds the person's touch, not computation here.
+* ``unlock_pin_fido2_ms``: a full ``pin+fido2`` unlock (the same key work without UV, plus
+  Argon2id); ``pin_fido2_overhead_ratio`` against bare Argon2id (goal <= 1.10).
 * ``lookup_ms`` at 10 and at N users: find and decrypt a user's record and slots, no KDF;
   ``lookup_ratio_20000_vs_10`` (goal <= 1.5).
 * ``store_bytes_per_user``: file growth per user with three slots, five recovery-sized
@@ -30,8 +36,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from sekisho import crypto  # noqa: E402
+from sekisho.devices.softkey import SoftKey  # noqa: E402
+from sekisho.factors import fido2, pin_totp  # noqa: E402
 from sekisho.factors import passphrase as pp  # noqa: E402
-from sekisho.factors import pin_totp  # noqa: E402
 from sekisho.factors.interaction import ScriptedInteraction  # noqa: E402
 from sekisho.factors.totp import TotpSeed  # noqa: E402
 from sekisho.policy import Policy  # noqa: E402
@@ -42,6 +49,7 @@ from sekisho.store.store import CredentialStore, ProvisionedUser  # noqa: E402
 from sekisho.unlock import unlock  # noqa: E402
 
 POLICY = Policy(permitted_slot_kinds=(SlotKind.PIN_TOTP,))
+FIDO2_POLICY = Policy(permitted_slot_kinds=(SlotKind.FIDO2_UV, SlotKind.PIN_FIDO2), allow_software_authenticators=True)
 IT_PRIVATE, IT_PUBLIC = crypto.ed25519_generate()
 
 
@@ -120,9 +128,35 @@ def main() -> int:
             t = time.perf_counter()
             unlock(store, POLICY, "K10234", interaction, clock=lambda: now).close()  # noqa: B023
             full.append(time.perf_counter() - t)
-        store.close()
         argon2_ms = statistics.median(bare) * 1000
         unlock_ms = statistics.median(full) * 1000
+
+        # --- FIDO2 slots, on the software key ---------------------------------------------
+        finger_key = SoftKey.create(work / "u" / "finger.json", fingerprint=True)
+        plain_key = SoftKey.create(work / "u" / "plain.json")
+        for uid, key, kind in (("K20001", finger_key, SlotKind.FIDO2_UV), ("K20002", plain_key, SlotKind.PIN_FIDO2)):
+            private, public = crypto.x25519_generate()
+            slot = fido2.enrol(key, kind=kind, user_id=uid, slot_id=1, identity_private=private,
+                               interaction=ScriptedInteraction(), trusted_roots=[key.attestation_root()],
+                               allow_software=True, passphrase=passphrase, argon2=FIDO2_POLICY.argon2)
+            store.put_user(UserRecord(user_id=uid, display_name="試験", identity_public=public), [slot])
+        fido2_uv, pin_fido2, bare2 = [], [], []
+        keys = [plain_key, finger_key]  # both connected: the silent pre-flight finds the right one
+        for _ in range(args.rounds):
+            t = time.perf_counter()
+            crypto.wipe(pp.derive(passphrase, salt, POLICY.argon2))
+            bare2.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            unlock(store, FIDO2_POLICY, "K20001", ScriptedInteraction(), devices=lambda: keys).close()
+            fido2_uv.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            unlock(store, FIDO2_POLICY, "K20002", ScriptedInteraction(passphrase=passphrase),
+                   devices=lambda: keys).close()
+            pin_fido2.append(time.perf_counter() - t)
+        store.close()
+        argon2_fido2_ms = statistics.median(bare2) * 1000
+        fido2_uv_ms = statistics.median(fido2_uv) * 1000
+        pin_fido2_ms = statistics.median(pin_fido2) * 1000
 
         # --- lookup at 10 and at N users ----------------------------------------------
         (work / "small").mkdir()
@@ -145,13 +179,18 @@ def main() -> int:
         "argon2id_params": POLICY.argon2.to_json(),
         "unlock_pin_totp_ms": round(unlock_ms, 2),
         "unlock_overhead_ratio": round(unlock_ms / argon2_ms, 3),
+        "unlock_fido2_uv_ms": round(fido2_uv_ms, 2),
+        "fido2_uv_vs_argon2id": round(fido2_uv_ms / argon2_fido2_ms, 3),
+        "unlock_pin_fido2_ms": round(pin_fido2_ms, 2),
+        "pin_fido2_overhead_ratio": round(pin_fido2_ms / argon2_fido2_ms, 3),
         "lookup_ms": {"10": round(statistics.median(small_ms), 4),
                       str(args.users): round(statistics.median(large_ms), 4)},
         "lookup_ratio_20000_vs_10": round(statistics.median(large_ms) / statistics.median(small_ms), 3),
         "store_bytes_per_user": round((size_large - size_small) / (args.users - 10)),
         "users": args.users,
         "build_seconds": round(build_s, 1),
-        "goals": {"unlock_overhead_ratio": 1.10, "lookup_ratio_20000_vs_10": 1.5, "store_bytes_per_user": 4096},
+        "goals": {"unlock_overhead_ratio": 1.10, "fido2_uv_vs_argon2id": 0.10, "pin_fido2_overhead_ratio": 1.10,
+                  "lookup_ratio_20000_vs_10": 1.5, "store_bytes_per_user": 4096},
     }
     if args.json:
         print(json.dumps(result))

@@ -25,7 +25,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
@@ -459,7 +459,7 @@ def _cbor_decode(data: bytes) -> Mapping[int, Any]:
 class Fido2Unlock:
     """What a FIDO2 slot gave: the identity, and how the key verified the user."""
 
-    identity: bytearray
+    identity: bytearray = field(repr=False)
     uv_method: str
 
 
