@@ -1,15 +1,19 @@
 """End-to-end demo on embedded defaults and software devices.
 
-IT (at the office) signs a policy, enrols two staff members with a passphrase and a
-TOTP token, and provisions a laptop with their records and signed grants. Then, on the
+IT (at the office) signs a policy, enrols five staff members — two with a passphrase
+and a TOTP token, one with a fingerprint security key, one with a key and its PIN, one
+with a key and a passphrase — and provisions a laptop with their records and signed
+grants. Then, on the
 laptop and offline, each unlocks and opens their grant — and every attack the store
 must refuse is tried. Every event goes to the laptop's signed logon trail, which an
 auditor then exports and verifies with ``sekisho-audit`` and with the stock-OpenSSL
 script. All files go to ``$DEMO_OUT`` (default ``demo-out/``). Exit 0 only if every
 outcome was the expected one.
 
-The TOTP tokens are software tokens; the demo's clock advances 30 s between logons
-instead of waiting for the next code.
+The TOTP tokens and the security keys are software stand-ins (the keys are
+``sekisho.devices.softkey`` files under ``keys/``, so the demo's policy allows software
+authenticators); the demo's clock advances 30 s between logons instead of waiting for
+the next code.
 """
 
 from __future__ import annotations
@@ -21,16 +25,17 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from sekisho import crypto
+from sekisho.devices.softkey import SoftKey
 from sekisho.errors import (
     SekishoError,
 )
+from sekisho.factors import fido2, pin_totp
 from sekisho.factors import passphrase as pp
-from sekisho.factors import pin_totp
 from sekisho.factors.interaction import ScriptedInteraction
 from sekisho.factors.totp import TotpSeed
 from sekisho.files import atomic_write
@@ -40,12 +45,11 @@ from sekisho.store.keysource import InsecureFileKeySource
 from sekisho.store.records import DEFAULT_SLOT_KINDS, SlotKind, UserRecord
 from sekisho.store.store import CredentialStore
 from sekisho.trail import EventType, Trail
-from sekisho.unlock import unlock
+from sekisho.unlock import factor_kinds, unlock
 
 MARKER = ".sekisho-demo"
 ROOT = Path(__file__).resolve().parent.parent
 OPENSSL_SCRIPT = ROOT / "docs" / "verify-with-openssl.sh"
-PIN_TOTP_FACTORS = ["knowledge", "possession"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,15 @@ class Staff:
     roles: tuple[str, ...]
     passphrase: str
     apps: tuple[str, ...]
+    kind: SlotKind = SlotKind.PIN_TOTP
+    #: The security key: "fingerprint" (a sensor, and a PIN as bio keys require), "pin", "plain".
+    key: str | None = None
+    key_pin: str | None = None
+
+    @property
+    def how(self) -> str:
+        return {None: "passphrase and one-time code", "fingerprint": "fingerprint on the key",
+                "pin": "key and its PIN", "plain": "key and passphrase"}[self.key]
 
 
 STAFF = (
@@ -64,6 +77,12 @@ STAFF = (
           "sakana ga oyogu kawa 7", ("住民記録システム", "証明書交付")),
     Staff("K20581", "髙橋 健一", "タカハシ ケンイチ", "選挙管理委員会事務局", ("senkyo",),
           "yuki-no-hi ni kaeru 12", ("期日前投票システム",)),
+    Staff("K30712", "鈴木 花子", "スズキ ハナコ", "市民課", ("madoguchi",), "", ("証明書交付",),
+          SlotKind.FIDO2_UV, "fingerprint", "905263"),
+    Staff("K41156", "伊藤 大輔", "イトウ ダイスケ", "税務課", ("zeimu",), "", ("税務システム",),
+          SlotKind.FIDO2_UV, "pin", "730514"),
+    Staff("K52034", "田中 一郎", "タナカ イチロウ", "選挙管理委員会事務局", ("senkyo",),
+          "yoake no umi wo miru 8", ("期日前投票システム",), SlotKind.PIN_FIDO2, "plain"),
 )
 
 
@@ -113,6 +132,7 @@ def prepare(out: Path) -> None:
         shutil.rmtree(out)
     (out / "office").mkdir(parents=True)
     (out / "laptop").mkdir()
+    (out / "keys").mkdir()
     (out / MARKER).write_text("made by make demo\n")
 
 
@@ -125,7 +145,9 @@ def run(out: Path) -> bool:
     it_private, it_public = crypto.ed25519_generate()
     atomic_write(out / "office" / "it-signing.key", crypto.b64e(it_private).encode() + b"\n")  # demo only
     atomic_write(out / "laptop" / "it-public.pem", crypto.public_key_pem(it_public).encode(), mode=0o644)
-    policy = Policy(permitted_slot_kinds=(*DEFAULT_SLOT_KINDS, SlotKind.PIN_TOTP))  # opts in to pin+totp
+    # Opts in to pin+totp and pin+fido2; allows software keys because the demo has no real ones.
+    policy = Policy(permitted_slot_kinds=(*DEFAULT_SLOT_KINDS, SlotKind.PIN_TOTP, SlotKind.PIN_FIDO2),
+                    allow_software_authenticators=True)
     policy_path = out / "laptop" / "policy.toml"
     text = policy.to_toml().encode()
     atomic_write(policy_path, text, mode=0o644)
@@ -150,14 +172,26 @@ def run(out: Path) -> bool:
                                     context=pp.PassphraseContext(user_id="K10234")) or "accepted",
     )
     tokens: dict[str, TotpSeed] = {}
+    keys = {s.user_id: SoftKey.create(out / "keys" / f"{s.user_id}.json", fingerprint=s.key == "fingerprint",
+                                      pin=s.key_pin) for s in STAFF if s.key}
+    roots = [key.attestation_root() for key in keys.values()]  # IT's list of trusted key makers
     for serial, s in enumerate(STAFF, start=1):
-        pp.check_passphrase(s.passphrase, minimum=policy.passphrase_min_length,
-                            context=pp.PassphraseContext(user_id=s.user_id, names=(s.name, s.kana)))
+        if s.passphrase:
+            pp.check_passphrase(s.passphrase, minimum=policy.passphrase_min_length,
+                                context=pp.PassphraseContext(user_id=s.user_id, names=(s.name, s.kana)))
         identity_private, identity_public = crypto.x25519_generate()
-        tokens[s.user_id] = TotpSeed.generate()
-        slot = pin_totp.enrol(user_id=s.user_id, slot_id=1, identity_private=identity_private,
-                              passphrase=s.passphrase, seed=tokens[s.user_id], argon2=policy.argon2,
-                              created_at=int(clock()))
+        if s.kind is SlotKind.PIN_TOTP:
+            tokens[s.user_id] = TotpSeed.generate()
+            slot = pin_totp.enrol(user_id=s.user_id, slot_id=1, identity_private=identity_private,
+                                  passphrase=s.passphrase, seed=tokens[s.user_id], argon2=policy.argon2,
+                                  created_at=int(clock()))
+        else:  # the key is touched twice: once to make the credential, once to derive the slot key
+            slot = fido2.enrol(keys[s.user_id], kind=s.kind, user_id=s.user_id, slot_id=1,
+                               identity_private=identity_private, display_name=s.name,
+                               interaction=ScriptedInteraction(pin=[s.key_pin] * 2 if s.key_pin else []),
+                               trusted_roots=roots, allow_software=policy.allow_software_authenticators,
+                               aaguids=policy.aaguids, passphrase=s.passphrase or None, argon2=policy.argon2,
+                               created_at=int(clock()))
         crypto.wipe(identity_private)
         store.put_user(UserRecord(user_id=s.user_id, display_name=s.name, kana=s.kana,
                                   department=s.department, roles=s.roles,
@@ -170,7 +204,7 @@ def run(out: Path) -> bool:
         sealed, grant_key = issue_grant(grant, it_signing_key=it_private, user_public=identity_public)
         crypto.wipe(grant_key)
         store.put_grant(sealed)
-        print(f"  {s.user_id} {s.name} ({s.department}): pin+totp slot, grant #{serial} "
+        print(f"  {s.user_id} {s.name} ({s.department}): {s.kind.value} slot ({s.how}), grant #{serial} "
               f"for {len(s.apps)} app(s)")
     trail.append(EventType.BUNDLE_INSTALLED, details={"users": len(STAFF)})
     store.close()
@@ -179,20 +213,20 @@ def run(out: Path) -> bool:
     policy = load_policy_file(policy_path, crypto.public_key_from_pem(
         (out / "laptop" / "it-public.pem").read_bytes(), what="IT public key"))
     store = CredentialStore.open(out / "laptop" / "store.db", key_source)
-    sato, takahashi = STAFF
+    sato, takahashi, suzuki, ito, tanaka = STAFF
     unlocked = {}
 
-    def logon(s: Staff, passphrase: str, code: str) -> str:
+    def logon(s: Staff, interaction: ScriptedInteraction, devices: Sequence[SoftKey] = ()) -> str:
         try:
-            u = unlock(store, policy, s.user_id, ScriptedInteraction(passphrase=passphrase, code=code),
-                       clock=clock)
+            u = unlock(store, policy, s.user_id, interaction, clock=clock, devices=lambda: list(devices))
         except SekishoError as exc:
             trail.append(EventType.LOGON_FAILURE, user=s.user_id,
-                         details={"slot": SlotKind.PIN_TOTP.value, "factors": PIN_TOTP_FACTORS,
+                         details={"slot": s.kind.value, "factors": [f.value for f in factor_kinds(s.kind)],
                                   "error": type(exc).__name__})
             raise
         trail.append(EventType.LOGON_SUCCESS, user=s.user_id,
-                     details={"slot": u.slot_kind.value, "factors": PIN_TOTP_FACTORS})
+                     details={"slot": u.slot_kind.value, "factors": [f.value for f in u.factors],
+                              **({"uv": u.uv_method} if u.uv_method else {})})
         grant = u.open_grant(store, it_public)
         trail.append(EventType.UNLOCK, user=s.user_id, details={"apps": len(grant.apps)})
         unlocked[s.user_id] = u
@@ -200,21 +234,52 @@ def run(out: Path) -> bool:
 
     for s in STAFF:
         clock.advance()
-        code = tokens[s.user_id].code_at(clock())
-        report.expect(f"{s.user_id} logs on with passphrase and one-time code", "unlocked",
-                      lambda s=s, code=code: logon(s, s.passphrase, code))
+        if s.kind is SlotKind.PIN_TOTP:
+            answers = {"passphrase": s.passphrase, "code": tokens[s.user_id].code_at(clock())}
+        else:
+            answers = {"pin": s.key_pin} if s.key == "pin" else {"passphrase": s.passphrase} if s.passphrase else {}
+        report.expect(f"{s.user_id} logs on with {s.how}", "unlocked",
+                      lambda s=s, answers=answers: logon(s, ScriptedInteraction(**answers), [keys[s.user_id]]
+                                                         if s.key else []))
 
     print("== Laptop, offline: what must be refused ==")
     clock.advance()
     code = tokens[sato.user_id].code_at(clock())
+    def sato_logon(passphrase: str, code: str) -> str:
+        return logon(sato, ScriptedInteraction(passphrase=passphrase, code=code))
+
     report.expect("wrong passphrase, valid code", "refused: AuthenticationFailed",
-                  lambda: logon(sato, "sakana ga oyogu kawa 8", code))
+                  lambda: sato_logon("sakana ga oyogu kawa 8", code))
     report.expect("right passphrase, the same code again (replay)", "refused: AuthenticationFailed",
-                  lambda: logon(sato, sato.passphrase, code))
+                  lambda: sato_logon(sato.passphrase, code))
     report.expect("right passphrase, a wrong code", "refused: AuthenticationFailed",
-                  lambda: logon(sato, sato.passphrase, f"{(int(code) + 1) % 10**6:06d}"))
+                  lambda: sato_logon(sato.passphrase, f"{(int(code) + 1) % 10**6:06d}"))
     report.expect("right passphrase, a code from ten minutes ago", "refused: AuthenticationFailed",
-                  lambda: logon(sato, sato.passphrase, tokens[sato.user_id].code_at(clock() - 600)))
+                  lambda: sato_logon(sato.passphrase, tokens[sato.user_id].code_at(clock() - 600)))
+
+    def touch_only() -> str:
+        # Someone with K30712's key but not her finger gets the key's touch-only output.
+        slot = store.get_user(suzuki.user_id)[1][0]
+        output, _ = fido2.read_output(slot, [keys[suzuki.user_id]], uv=False, user_id=suzuki.user_id,
+                                      interaction=ScriptedInteraction())
+        try:
+            crypto.wipe(slot.open(suzuki.user_id, {"hmac-secret-uv": output}))
+        finally:
+            crypto.wipe(output)
+        return "opened"
+
+    report.expect(f"{suzuki.user_id}'s key touched without her fingerprint", "refused: AuthenticationFailed",
+                  touch_only)
+    report.expect(f"{ito.user_id} types a wrong key PIN", "refused: KeyPinInvalid",
+                  lambda: logon(ito, ScriptedInteraction(pin="000000"), [keys[ito.user_id]]))
+    report.expect(f"{suzuki.user_id} presents {tanaka.user_id}'s key", "refused: KeyNotFound",
+                  lambda: logon(suzuki, ScriptedInteraction(), [keys[tanaka.user_id]]))
+    report.expect(f"{tanaka.user_id}'s passphrase without his key", "refused: KeyNotFound",
+                  lambda: logon(tanaka, ScriptedInteraction(passphrase=tanaka.passphrase)))
+    production = Policy(permitted_slot_kinds=policy.permitted_slot_kinds)  # software keys not allowed
+    report.expect("a production policy refuses the software keys", "refused: AttestationRejected",
+                  lambda: unlock(store, production, suzuki.user_id, ScriptedInteraction(),
+                                 devices=lambda: [keys[suzuki.user_id]]) and "unlocked")
 
     def open_other_grant() -> str:
         unseal_grant_key(store.get_grant(takahashi.user_id), unlocked[sato.user_id].identity_private)
@@ -255,7 +320,8 @@ def run(out: Path) -> bool:
     store.close()
     head = trail.head
     trail.close()
-    secrets = [s.passphrase for s in STAFF] + ["sakana ga oyogu kawa 8", "demo-apn-secret"]
+    secrets = [x for s in STAFF for x in (s.passphrase, s.key_pin) if x] + ["sakana ga oyogu kawa 8",
+                                                                             "demo-apn-secret"]
     audit(out, report, head, secrets)
 
     raw = b"".join(p.read_bytes() for p in (out / "laptop").glob("store.db*"))

@@ -22,8 +22,11 @@ def test_demo_passes_and_writes_a_summary(tmp_path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = json.loads((tmp_path / "out" / "summary.json").read_text("utf-8"))
     assert len(rows) >= 10 and all(r["ok"] for r in rows)
-    assert {"unlocked", "refused: AuthenticationFailed", "refused: GrantError", "refused: PolicyError"} <= {
+    assert {"unlocked", "refused: AuthenticationFailed", "refused: GrantError", "refused: PolicyError",
+            "refused: KeyPinInvalid", "refused: KeyNotFound", "refused: AttestationRejected"} <= {
         r["expected"] for r in rows}
+    assert sum(r["check"].endswith(("fingerprint on the key", "key and its PIN", "key and passphrase"))
+               and r["outcome"].startswith("unlocked") for r in rows) == 3
     assert "Traceback" not in proc.stdout + proc.stderr
     # The auditor's files: the trail, its root and the exports, verified by both tools.
     for name in ("trail.jsonl", "trail-root.pem", "export.jsonl", "export-filtered.jsonl", "export.csv"):

@@ -282,6 +282,8 @@ def test_attestation_must_chain_to_a_trusted_root(tmp_path, store) -> None:
         enrol(store, key, SlotKind.FIDO2_UV, roots=[stranger.attestation_root()])
     with pytest.raises(AttestationRejected):
         enrol(store, key, SlotKind.FIDO2_UV, roots=[])
+    # Root names are not unique: the right root is found by its signature, not its name.
+    assert enrol(store, key, SlotKind.FIDO2_UV, roots=[stranger.attestation_root(), key.attestation_root()])
 
 
 def test_aaguid_allow_list(tmp_path, store) -> None:

@@ -31,7 +31,13 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from fido2 import cbor
-from fido2.attestation.base import AttestationResult, AttestationVerifier, InvalidAttestation, UnsupportedType
+from fido2.attestation.base import (
+    AttestationResult,
+    AttestationVerifier,
+    InvalidAttestation,
+    UnsupportedType,
+    verify_x509_chain,
+)
 from fido2.cose import CoseKey
 from fido2.ctap import STATUS, CtapDevice, CtapError
 from fido2.ctap2.base import Ctap2
@@ -304,10 +310,17 @@ class _RootsVerifier(AttestationVerifier):
     def ca_lookup(self, attestation_result: AttestationResult, auth_data: AuthenticatorData) -> bytes | None:
         if not attestation_result.trust_path:
             return None
-        top = x509.load_der_x509_certificate(attestation_result.trust_path[-1])
+        top_der = attestation_result.trust_path[-1]
+        top = x509.load_der_x509_certificate(top_der)
         for root in self._roots:
-            if root.subject == top.issuer:
-                return root.public_bytes(Encoding.DER)
+            if root.subject != top.issuer:
+                continue
+            der = root.public_bytes(Encoding.DER)
+            try:  # names are not unique (every software key's root has the same one)
+                verify_x509_chain([top_der, der])
+            except InvalidAttestation:
+                continue
+            return der
         return None
 
 
@@ -463,6 +476,25 @@ class Fido2Unlock:
     uv_method: str
 
 
+def _slot_credential(slot: KeySlot) -> tuple[_Credential, bytes]:
+    """The slot's credential and hmac-secret salt, from its public parameters."""
+    p = slot.params
+    try:
+        cred = _Credential(rp_id=p["rp"], credential_id=p["cred"], public_key=CoseKey.parse(_cbor_decode(p["cose"])))
+        return cred, p["salt"]
+    except (KeyError, TypeError, ValueError):
+        raise FactorError("This FIDO2 slot is malformed.", advice="Ask IT to enrol your key again.") from None
+
+
+def read_output(slot: KeySlot, devices: Iterable[CtapDevice], *, uv: bool, user_id: str,
+                interaction: UserInteraction) -> tuple[bytearray, str]:
+    """Whatever the connected key answers for this slot's credential and salt, with or
+    without UV; and how UV was done. Opening the slot decides whether it is right."""
+    cred, salt = _slot_credential(slot)
+    ctap = find_key(devices, cred.rp_id, cred.credential_id)
+    return _hmac_secret(ctap, cred, salt, uv=uv, interaction=interaction, prompt=Prompt(user_id=user_id))
+
+
 def open_slot(
     *,
     slot: KeySlot,
@@ -471,34 +503,30 @@ def open_slot(
     interaction: UserInteraction,
     allow_software: bool,
     aaguids: Sequence[str] = (),
-    attempts_remaining: int | None = None,
 ) -> Fido2Unlock:
     """Open a ``fido2-uv`` or ``pin+fido2`` slot with the user's key (and passphrase)."""
-    p = slot.params
+    if slot.kind not in (SlotKind.FIDO2_UV, SlotKind.PIN_FIDO2):
+        raise ValueError(f"not a FIDO2 slot: {slot.kind}")
+    _slot_credential(slot)
     try:
-        rp_id, credential_id, cose, salt = p["rp"], p["cred"], p["cose"], p["salt"]
-        aaguid, software = p["aaguid"], p["software"]
-        public_key = CoseKey.parse(_cbor_decode(cose))
-    except (KeyError, TypeError, ValueError):
+        aaguid, software = slot.params["aaguid"], slot.params["software"]
+    except KeyError:
         raise FactorError("This FIDO2 slot is malformed.", advice="Ask IT to enrol your key again.") from None
     # The policy may have changed since enrolment: check the key's model again.
     check_authenticator(aaguid, software=software, allow_software=allow_software, aaguids=aaguids)
-    prompt = Prompt(user_id=user_id, attempts_remaining=attempts_remaining)
-    ctap = find_key(devices, rp_id, credential_id)
-    cred = _Credential(rp_id=rp_id, credential_id=credential_id, public_key=public_key)
+    devices = list(devices)
     derived: bytearray | None = None
     secrets: dict[str, bytes | bytearray]
     if slot.kind is SlotKind.FIDO2_UV:
-        output, uv_method = _hmac_secret(ctap, cred, salt, uv=True, interaction=interaction, prompt=prompt)
+        output, uv_method = read_output(slot, devices, uv=True, user_id=user_id, interaction=interaction)
         secrets = {"hmac-secret-uv": output}
-    elif slot.kind is SlotKind.PIN_FIDO2:
+    else:
         assert slot.argon2 is not None and slot.argon2_salt is not None  # noqa: S101 - KeySlot checks
-        passphrase = interaction.request_passphrase(prompt)
-        output, uv_method = _hmac_secret(ctap, cred, salt, uv=False, interaction=interaction, prompt=prompt)
+        find_key(devices, slot.params["rp"], slot.params["cred"])  # no key: say so before asking anything
+        passphrase = interaction.request_passphrase(Prompt(user_id=user_id))
+        output, uv_method = read_output(slot, devices, uv=False, user_id=user_id, interaction=interaction)
         derived = pp.derive(passphrase, slot.argon2_salt, slot.argon2)
         secrets = {"passphrase": derived, "hmac-secret": output}
-    else:
-        raise ValueError(f"not a FIDO2 slot: {slot.kind}")
     try:
         identity = slot.open(user_id, secrets)
     except AuthenticationFailed:
