@@ -376,3 +376,25 @@ def test_discoverable_credential_identifies_its_user(tmp_path) -> None:
                          pin_uv_param=proto.authenticate(token, cdh), pin_uv_protocol=proto.VERSION)
     response = ctap.get_assertion(fido2.RP_ID, cdh)
     assert response.user == {"id": b"K10234"}
+
+
+def test_no_pin_or_key_output_in_reprs_logs_or_errors(tmp_path, store, caplog) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    key = new_key(tmp_path, pin=KEY_PIN)
+    slot = enrol(store, key, SlotKind.FIDO2_UV)
+    outputs = [raw_hmac_secret(key, slot.params["cred"], slot.params["salt"], pin=p) for p in (None, KEY_PIN)]
+    for output in outputs:
+        remember(output)
+    unlocked, interaction = logon(store, "K10234", [key], pin=KEY_PIN)
+    errors = []
+    for bad in ("000000", "111111"):
+        with pytest.raises(KeyPinInvalid) as info:
+            logon(store, "K10234", [key], pin=bad)
+        errors.append(info.value)
+    texts = [repr(x) for x in (slot, unlocked, interaction, key, fido2.KeyInfo.from_ctap(Ctap2(key)))]
+    texts += [e.diagnostics() for e in errors] + [repr(e) for e in errors] + [caplog.text]
+    for secret in (KEY_PIN.encode(), *outputs, bytes(unlocked.identity_private)):
+        for encoding in (secret, secret.hex().encode()):
+            assert not any(encoding.decode("latin-1") in t for t in texts)
