@@ -129,11 +129,56 @@ def test_the_right_key_is_found_among_several(tmp_path, store) -> None:
     assert interaction.prompts.count("touch") == 1  # the other key was asked silently
 
 
-def test_the_key_file_carries_over_to_a_new_process(tmp_path, store) -> None:
+CHILD = """
+import sys
+from pathlib import Path
+from fido2.ctap2.base import Ctap2
+from fido2.ctap2.pin import ClientPin
+from sekisho.devices.softkey import SoftKey
+try:
+    ClientPin(Ctap2(SoftKey.load(Path(sys.argv[1])))).get_pin_token("000000")
+except Exception as exc:
+    print(type(exc).__name__, exc)
+"""
+
+
+def test_the_key_file_carries_over_to_another_process(tmp_path, store) -> None:
+    import subprocess
+    import sys
+
     key = new_key(tmp_path, pin=KEY_PIN)
     enrol(store, key, SlotKind.FIDO2_UV)
-    again = SoftKey.load(key.path)  # as a second process would see it
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(key.path)], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    assert "PIN_INVALID" in proc.stdout, proc.stdout + proc.stderr
+    again = SoftKey.load(key.path)  # the other process's wrong PIN counted on the same key
+    with pytest.raises(KeyPinInvalid) as info:
+        logon(store, "K10234", [again], pin="000000")
+    assert info.value.attempts_remaining == 6
     assert logon(store, "K10234", [again], pin=KEY_PIN)[0].uv_method == "pin"
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_both_pin_protocols_give_the_same_outputs(tmp_path, store, version: int) -> None:
+    from fido2.ctap2.pin import PinProtocolV1, PinProtocolV2
+
+    key = new_key(tmp_path, pin=KEY_PIN)
+    slot = enrol(store, key, SlotKind.FIDO2_UV)
+    ctap = Ctap2(key)
+    proto = PinProtocolV1() if version == 1 else PinProtocolV2()
+    token = ClientPin(ctap, proto).get_pin_token(KEY_PIN, ClientPin.PERMISSION.GET_ASSERTION, fido2.RP_ID)
+    ka, shared = proto.encapsulate(ctap.client_pin(version, ClientPin.CMD.GET_KEY_AGREEMENT)[1])
+    enc = proto.encrypt(shared, slot.params["salt"])
+    cdh = os.urandom(32)
+    response = ctap.get_assertion(fido2.RP_ID, cdh, [{"type": "public-key", "id": slot.params["cred"]}],
+                                  {"hmac-secret": {1: ka, 2: enc, 3: proto.authenticate(shared, enc), 4: version}},
+                                  pin_uv_param=proto.authenticate(token, cdh), pin_uv_protocol=version)
+    output = proto.decrypt(shared, response.auth_data.extensions["hmac-secret"])
+    assert slot.open("K10234", {"hmac-secret-uv": output})
+    with pytest.raises(CtapError) as err:  # a forged pinUvAuthParam is refused
+        ctap.get_assertion(fido2.RP_ID, cdh, [{"type": "public-key", "id": slot.params["cred"]}],
+                           pin_uv_param=os.urandom(16 if version == 1 else 32), pin_uv_protocol=version)
+    assert err.value.code == CtapError.ERR.PIN_AUTH_INVALID
 
 
 # --- ... and with nothing less -------------------------------------------------------------
