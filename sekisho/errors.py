@@ -126,6 +126,31 @@ class TotpSeedRejected(FactorError):
     pass
 
 
+class CodeMistyped(FactorError):
+    """A recovery or extension code with a mistyped group: caught before it counts."""
+
+    advice = "Check the digits with the helpdesk and type the code again."
+
+    def __init__(self, message: str, *, group: int | None) -> None:
+        super().__init__(message)
+        self.group = group
+
+
+class LockedOut(FactorError):
+    """Too many failures in a row: wait ``retry_after`` seconds."""
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message, advice=f"Wait {retry_after} seconds, then try again.")
+        self.retry_after = retry_after
+
+
+class LeaseExpired(FactorError):
+    """The laptop's offline period is over: only a check-in or an extension code renews it."""
+
+    advice = ("Bring the laptop to the office for check-in, or call the helpdesk for an extension code "
+              "(sekisho-agent extend).")
+
+
 # --- devices (security keys, cards) ---------------------------------------------
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from sekisho import crypto
@@ -32,6 +32,8 @@ class OpenRequest:
     interaction: UserInteraction
     now: float
     devices: fido2.DeviceSource = fido2.connected_keys
+    #: Called (durably recorded by the gate) as soon as the possession factor is proven.
+    on_possession: Callable[[], None] = lambda: None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,6 +55,7 @@ def _open_pin_totp(req: OpenRequest) -> Opened:
         interaction=req.interaction,
         now=req.now,
         drift_steps=req.policy.totp_drift_steps,
+        on_possession=req.on_possession,
     ))
 
 
@@ -64,6 +67,7 @@ def _open_fido2(req: OpenRequest) -> Opened:
         interaction=req.interaction,
         allow_software=req.policy.allow_software_authenticators,
         aaguids=req.policy.aaguids,
+        on_possession=req.on_possession,
     )
     return Opened(identity=result.identity, uv_method=result.uv_method)
 
@@ -131,20 +135,28 @@ def unlock(
     *,
     clock: Callable[[], float] = time.time,
     devices: fido2.DeviceSource | None = None,
+    on_possession: Callable[[], None] | None = None,
+    exclude: Collection[SlotKind] = (),
 ) -> Unlocked:
     """Open ``user_id``'s identity with the first permitted slot they hold.
 
-    ``devices`` lists the connected security keys (by default, every USB FIDO2 key).
+    ``devices`` lists the connected security keys (by default, every USB FIDO2 key);
+    ``on_possession`` is called once the possession factor is proven (the key or token
+    answered for this user); ``exclude`` takes slot kinds out for this attempt (TOTP
+    while the clock is behind).
     """
     record, slots = store.get_user(user_id)
     if not record.enabled:
         raise UserDisabled("This staff id is disabled on this laptop.")
-    candidates = usable_slots(policy, slots)
+    candidates = [s for s in usable_slots(policy, slots) if s.kind not in exclude]
     if not candidates:
+        if any(s.kind in exclude for s in usable_slots(policy, slots)):
+            raise NoUsableSlot("One-time codes cannot be checked now: the laptop's clock is behind.",
+                               advice="Ask IT to correct the clock, or log on with your security key.")
         raise NoUsableSlot("None of this user's enrolled factors is permitted on this laptop.")
     slot = candidates[0]
     request = OpenRequest(store=store, policy=policy, user=record, slot=slot, interaction=interaction, now=clock(),
-                          devices=devices or fido2.connected_keys)
+                          devices=devices or fido2.connected_keys, on_possession=on_possession or (lambda: None))
     opened = OPENERS[slot.kind](request)
     if crypto.x25519_public(opened.identity) != record.identity_public:
         crypto.wipe(opened.identity)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding
 from fido2 import cbor
 from fido2.attestation.base import (
@@ -142,6 +143,9 @@ def device_errors() -> Iterator[None]:
             raise AuthenticationFailed("The security key refused the request.") from None
         raise DeviceError(f"The security key answered with error 0x{code:02X} ({exc.code.name}).",
                           status=code) from None
+    except InvalidSignature:
+        raise DeviceError("The security key's signature does not verify: it is not the key that was registered.",
+                          advice="Use the security key registered for your staff id.") from None
     except (OSError, EOFError) as exc:
         raise DeviceError(f"The security key stopped answering ({type(exc).__name__}): was it removed?") from None
     except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
@@ -276,20 +280,28 @@ def _hmac_secret(ctap: Ctap2, cred: _Credential, salt: bytes, *, uv: bool, inter
 # --- finding the user's key ---------------------------------------------------------------
 
 
-def find_key(devices: Iterable[CtapDevice], rp_id: str, credential_id: bytes) -> Ctap2:
-    """The connected key that holds ``credential_id``: a silent pre-flight, no touch, no secret."""
+def find_key(devices: Iterable[CtapDevice], rp_id: str, credential_id: bytes,
+             public_key: CoseKey | None = None) -> Ctap2:
+    """The connected key that holds ``credential_id``: a silent pre-flight, no touch, no secret.
+
+    With ``public_key`` the pre-flight's signature is checked: the key proves it holds
+    the credential (possession), it does not just say so.
+    """
     problems: list[str] = []
     for device in devices:
         try:
             ctap = _open(device)
+            challenge = hashlib.sha256(crypto.label("fido2", "preflight") + os.urandom(32)).digest()
             with device_errors():
                 try:
-                    ctap.get_assertion(rp_id, hashlib.sha256(crypto.label("fido2", "preflight")).digest(),
-                                       [{"type": "public-key", "id": credential_id}], None, {"up": False})
+                    response = ctap.get_assertion(rp_id, challenge, [{"type": "public-key", "id": credential_id}],
+                                                  None, {"up": False})
                 except CtapError as exc:
                     if exc.code == ERR.NO_CREDENTIALS:
                         continue
                     raise
+                if public_key is not None:
+                    response.verify(challenge, public_key)
             return ctap
         except DeviceError as exc:
             log.info("skipping a security key: %s", exc)
@@ -503,8 +515,13 @@ def open_slot(
     interaction: UserInteraction,
     allow_software: bool,
     aaguids: Sequence[str] = (),
+    on_possession: Callable[[], None] | None = None,
 ) -> Fido2Unlock:
-    """Open a ``fido2-uv`` or ``pin+fido2`` slot with the user's key (and passphrase)."""
+    """Open a ``fido2-uv`` or ``pin+fido2`` slot with the user's key (and passphrase).
+
+    ``on_possession`` is called once the user's key has answered for the credential with
+    a valid signature (before any touch, PIN or passphrase).
+    """
     if slot.kind not in (SlotKind.FIDO2_UV, SlotKind.PIN_FIDO2):
         raise ValueError(f"not a FIDO2 slot: {slot.kind}")
     _slot_credential(slot)
@@ -515,6 +532,10 @@ def open_slot(
     # The policy may have changed since enrolment: check the key's model again.
     check_authenticator(aaguid, software=software, allow_software=allow_software, aaguids=aaguids)
     devices = list(devices)
+    cred, _ = _slot_credential(slot)
+    find_key(devices, cred.rp_id, cred.credential_id, public_key=cred.public_key)  # no key: say so first
+    if on_possession is not None:
+        on_possession()
     derived: bytearray | None = None
     secrets: dict[str, bytes | bytearray]
     if slot.kind is SlotKind.FIDO2_UV:
@@ -522,7 +543,6 @@ def open_slot(
         secrets = {"hmac-secret-uv": output}
     else:
         assert slot.argon2 is not None and slot.argon2_salt is not None  # noqa: S101 - KeySlot checks
-        find_key(devices, slot.params["rp"], slot.params["cred"])  # no key: say so before asking anything
         passphrase = interaction.request_passphrase(Prompt(user_id=user_id))
         output, uv_method = read_output(slot, devices, uv=False, user_id=user_id, interaction=interaction)
         derived = pp.derive(passphrase, slot.argon2_salt, slot.argon2)

@@ -76,6 +76,7 @@ def open_slot(
     now: float,
     drift_steps: int,
     attempts_remaining: int | None = None,
+    on_possession: Callable[[], None] | None = None,
 ) -> bytearray:
     """Ask for the passphrase and the code; return the identity or fail undifferentiated."""
     prompt = Prompt(user_id=user_id, attempts_remaining=attempts_remaining)
@@ -97,6 +98,8 @@ def open_slot(
         code_ok = True
     except _CodeRefused:
         code_ok = False
+    if code_ok and on_possession is not None:
+        on_possession()  # the token's code proves possession (never told to the person)
     assert slot.argon2 is not None and slot.argon2_salt is not None  # noqa: S101 - KeySlot checks
     secret = pp.derive(passphrase, slot.argon2_salt, slot.argon2)
     try:

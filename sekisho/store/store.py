@@ -36,6 +36,8 @@ FORMAT_VERSION = 1
 #: ``PRAGMA application_id``: "SEKI". Tells a Sekisho store from any other SQLite file.
 APPLICATION_ID = 0x53454B49
 INDEX_LEN = 16
+#: The owner of laptop-wide state records: no user's HMAC index is all zeros (2^-128).
+LAPTOP_INDEX = bytes(INDEX_LEN)
 #: 16 KiB pages hold seven ~2 KB grant rows each; at 4 KiB every grant would take a page
 #: of its own (bench/unlock.py).
 PAGE_SIZE = 16384
@@ -222,15 +224,22 @@ class CredentialStore(SealedDatabase):
         )
         return state
 
-    def read_state(self, user_id: str, name: str) -> dict[str, Any] | None:
+    def read_state(self, user_id: str | None, name: str) -> dict[str, Any] | None:
+        """A state record of ``user_id``, or of the laptop itself when ``user_id`` is None."""
         with self._errors():
-            return self._state(self._conn, self.user_index(user_id), name)
+            return self._state(self._conn, self._state_owner(user_id), name)
+
+    def _state_owner(self, user_id: str | None) -> bytes:
+        return LAPTOP_INDEX if user_id is None else self.user_index(user_id)
 
     def update_state(
-        self, user_id: str, name: str, update: Callable[[dict[str, Any] | None], dict[str, Any]]
+        self, user_id: str | None, name: str, update: Callable[[dict[str, Any] | None], dict[str, Any]]
     ) -> dict[str, Any]:
-        """Read, change and write one state record in a single write transaction."""
-        uidx = self.user_index(user_id)
+        """Read, change and write one state record in a single write transaction.
+
+        ``user_id`` None: a laptop-wide record (clock, lease, laptop-wide limits).
+        """
+        uidx = self._state_owner(user_id)
         with self._write() as c:
             new = update(self._state(c, uidx, name))
             c.execute(
