@@ -198,9 +198,14 @@ def make_extension_code(key: bytes | bytearray, device_id: str, end: dt.date, se
     return _to_groups(payload + _extension_mac(key, device_id, days, sequence))
 
 
+def parse_extension_code(text: str) -> bytes:
+    """Check a typed extension code's groups (``CodeMistyped`` names a bad one)."""
+    return _from_groups(text, EXTENSION_GROUPS, "extension code")
+
+
 def check_extension_code(key: bytes | bytearray, device_id: str, text: str) -> Extension:
     """The extension a typed code grants; ``CodeMistyped`` or ``AuthenticationFailed``."""
-    raw = _from_groups(text, EXTENSION_GROUPS, "extension code")
+    raw = parse_extension_code(text)
     days, sequence = int.from_bytes(raw[0:2], "big"), int.from_bytes(raw[2:4], "big")
     if not hmac.compare_digest(_extension_mac(key, device_id, days, sequence), raw[4:]):
         raise AuthenticationFailed("The extension code is not valid for this laptop.",

@@ -40,6 +40,10 @@ class Policy:
     #: Security key models (AAGUIDs) allowed to hold slots; empty: any attested model.
     aaguids: tuple[str, ...] = ()
     totp_drift_steps: int = 1
+    #: Days a laptop may work offline after a check-in (also counted in running time).
+    lease_days: int = 14
+    #: Unlocks allowed between check-ins; 0: no limit.
+    lease_max_unlocks: int = 0
     version: int = POLICY_VERSION
 
     def __post_init__(self) -> None:
@@ -50,6 +54,10 @@ class Policy:
             )
         if not 0 <= self.totp_drift_steps <= 2:
             raise PolicyError("totp.drift_steps must be 0, 1 or 2.")
+        if not 1 <= self.lease_days <= 90:
+            raise PolicyError("lease.days must be between 1 and 90.")
+        if self.lease_max_unlocks < 0:
+            raise PolicyError("lease.max_unlocks must be 0 (no limit) or more.")
         if not self.permitted_slot_kinds:
             raise PolicyError("slots.permitted must name at least one slot kind.")
         if len(set(self.permitted_slot_kinds)) != len(self.permitted_slot_kinds):
@@ -75,7 +83,8 @@ class Policy:
             f"parallelism = {a.parallelism}\n\n"
             f"[authenticators]\nallow_software = {str(self.allow_software_authenticators).lower()}\n"
             f"aaguids = [{aaguids}]\n\n"
-            f"[totp]\ndrift_steps = {self.totp_drift_steps}\n"
+            f"[totp]\ndrift_steps = {self.totp_drift_steps}\n\n"
+            f"[lease]\ndays = {self.lease_days}\nmax_unlocks = {self.lease_max_unlocks}\n"
         )
 
 
@@ -91,6 +100,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, str]]] = {
     },
     "authenticators": {"allow_software": (bool, "allow_software_authenticators"), "aaguids": (list, "aaguids")},
     "totp": {"drift_steps": (int, "totp_drift_steps")},
+    "lease": {"days": (int, "lease_days"), "max_unlocks": (int, "lease_max_unlocks")},
 }
 
 

@@ -23,7 +23,7 @@ def test_defaults_are_the_safe_choice() -> None:
 def test_round_trip_through_toml_and_signature(tmp_path, it_key) -> None:
     p = Policy(permitted_slot_kinds=(SlotKind.FIDO2_UV, SlotKind.PIN_TOTP), passphrase_min_length=12,
                argon2=Argon2Params(time_cost=4, memory_kib=131072, parallelism=2),
-               allow_software_authenticators=True, totp_drift_steps=0,
+               allow_software_authenticators=True, totp_drift_steps=0, lease_days=7, lease_max_unlocks=20,
                aaguids=("ee882879-721c-4913-9775-3dfcce97072a", "5e415e4f-0f7a-4c6b-9d2e-536f66744b79"))
     text = p.to_toml().encode()
     (tmp_path / "policy.toml").write_bytes(text)
@@ -81,6 +81,8 @@ def test_missing_signature_file(tmp_path, it_key) -> None:
         ("[authenticators]\nallow_software = 1", "type bool"),
         ("[argon2id]\nmemory_kib = 4", "argon2id"),
         ("[totp]\ndrift_steps = 5", "drift_steps"),
+        ("[lease]\ndays = 0", "lease.days"),
+        ("[lease]\nmax_unlocks = -1", "lease.max_unlocks"),
         ("[authenticators]\naaguids = ['EE882879-721C-4913-9775-3DFCCE97072A']", "is not an AAGUID"),
         ("[authenticators]\naaguids = ['yubikey']", "'yubikey' is not an AAGUID"),
         ("[authenticators]\naaguids = [1]", "is not an AAGUID"),

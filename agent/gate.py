@@ -1,0 +1,392 @@
+"""The gate: takes a field worker from locked to unlocked and back, offline.
+
+States (docs/agent.md): ``locked → verifying → unlocking → unlocked → locking → locked``,
+plus ``locked-out`` (the last attempt left a delay) and ``lease-expired`` (only a
+recovery or an extension code is admitted). One operation at a time. Every attempt, its
+slot kind and factor kinds go to the trail; so do recoveries, extensions, the link, the
+lock, clock anomalies and lease warnings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from agent.clock import Reading, TrustedClock
+from agent.lease import Lease, LeaseStatus
+from agent.limits import DELAY_AFTER, Limiter, LimitState
+from agent.network import LinkInfo, NetworkBackend, NetworkError, Progress
+from sekisho import codes, crypto
+from sekisho.errors import (
+    Cancelled,
+    FactorError,
+    LeaseExpired,
+    SekishoError,
+    UserNotFound,
+)
+from sekisho.factors import fido2
+from sekisho.factors.interaction import Prompt, UserInteraction
+from sekisho.policy import Policy
+from sekisho.store.grants import Grant, open_grant
+from sekisho.store.records import SlotKind
+from sekisho.store.store import CredentialStore
+from sekisho.trail import EventType, Trail
+from sekisho.unlock import factor_kinds, unlock, usable_slots
+
+log = logging.getLogger(__name__)
+
+EXTENSION_KEY = "extension-key"
+RECOVERY = "recovery"
+
+
+class GateState(StrEnum):
+    LOCKED = "locked"
+    VERIFYING = "verifying"
+    UNLOCKING = "unlocking"
+    UNLOCKED = "unlocked"
+    LOCKING = "locking"
+    LOCKED_OUT = "locked-out"
+    LEASE_EXPIRED = "lease-expired"
+
+
+class GateBusy(SekishoError):
+    """The laptop is already unlocked, or another operation is running."""
+
+    advice = "Lock the laptop first (sekisho-agent lock)."
+
+
+@dataclass(kw_only=True)
+class Session:
+    """Who is unlocked, since when, how, and what their grant holds (in memory only)."""
+
+    user_id: str
+    display_name: str
+    uid: int | None
+    since: float
+    slot_kind: str
+    factors: tuple[str, ...]
+    uv_method: str | None
+    recovered: bool
+    link: LinkInfo
+    grant: Grant = field(repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.user_id, "name": self.display_name, "since": _iso(self.since),
+                "slot": self.slot_kind, "factors": list(self.factors), "uv": self.uv_method,
+                "recovered": self.recovered, "link": self.link.to_json(), "apps": list(self.grant.apps),
+                "citrix": dict(self.grant.citrix)}
+
+
+def _iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def _noop(step: str, details: Mapping[str, Any]) -> None:
+    pass
+
+
+class Gate:
+    """The state machine. Thread-safe: one operation runs at a time."""
+
+    def __init__(self, *, store: CredentialStore, policy: Policy, trail: Trail, it_public: bytes,
+                 network: NetworkBackend, clock: TrustedClock, devices: fido2.DeviceSource | None = None) -> None:
+        self.store = store
+        self.policy = policy
+        self.trail = trail
+        self.it_public = it_public
+        self.network = network
+        self.clock = clock
+        self.lease = Lease(store)
+        self.devices = devices or fido2.connected_keys
+        self.session: Session | None = None
+        self._lock = threading.RLock()
+        self._state = GateState.LOCKED
+        self._last_user: str | None = None
+        self._clock_logged = False
+        reading = self.clock.read()
+        if self.lease.status(reading).expired:
+            self._state = GateState.LEASE_EXPIRED
+
+    # --- state and status ---------------------------------------------------------------
+
+    @property
+    def state(self) -> GateState:
+        with self._lock:
+            if self._state is GateState.LOCKED_OUT and self._retry_after() == 0:
+                self._state = GateState.LOCKED
+            if self._state is GateState.LOCKED:
+                self._state = self._lockable_state()
+            return self._state
+
+    def _retry_after(self) -> int:
+        if self._last_user is None:
+            return 0
+        limits = Limiter(self.store, self._last_user).state()
+        return max(0, int(limits.not_before - self.clock.read().running + 0.999))
+
+    def status(self, *, details: bool) -> dict[str, Any]:
+        """The status document (docs/agent.md); ``details`` only for who unlocked, or root."""
+        with self._lock:
+            reading = self.clock.read()
+            lease = self.lease.status(reading)
+            state = self.state
+            doc: dict[str, Any] = {
+                "version": 1,
+                "state": str(state),
+                "lease": lease.to_json() | {"warning": lease.warning},
+                "clock": {"behind": reading.behind},
+                "retry_after": self._retry_after() if state is GateState.LOCKED_OUT else 0,
+                "user": None,
+            }
+            if details and self.session is not None:
+                doc["user"] = self.session.to_json()
+            return doc
+
+    @property
+    def unlocked_uid(self) -> int | None:
+        return self.session.uid if self.session else None
+
+    # --- helpers ------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _operation(self) -> Iterator[Reading]:
+        if not self._lock.acquire(blocking=False):
+            raise GateBusy("Another logon is in progress on this laptop.", advice="Wait a moment and try again.")
+        try:
+            if self._state is GateState.UNLOCKED:
+                assert self.session is not None  # noqa: S101
+                raise GateBusy(f"This laptop is already unlocked for {self.session.user_id}.")
+            reading = self.clock.read()
+            if reading.behind and not self._clock_logged:
+                self._clock_logged = True
+                log.warning("the system clock is behind the last confirmed time")
+                self.trail.append(EventType.CLOCK_ANOMALY, details={
+                    "behind_s": int(reading.mark - reading.wall), "mark": _iso(reading.mark),
+                    "wall": _iso(reading.wall)})
+            yield reading
+        finally:
+            self._lock.release()
+
+    def _refused(self, exc: SekishoError, user_id: str | None, kind: SlotKind | None, limits: LimitState | None,
+                 possession: bool) -> None:
+        """After a failed attempt: the state, the trail, and attempts left on the error."""
+        details: dict[str, Any] = {"error": type(exc).__name__}
+        if kind is not None:
+            details |= {"slot": kind.value, "factors": [f.value for f in factor_kinds(kind)],
+                        "possession_proven": possession}
+        if limits is not None:
+            exc.attempts_before_delay = max(0, DELAY_AFTER - limits.consecutive)  # type: ignore[attr-defined]
+            exc.attempts_before_disable = limits.possession_left  # type: ignore[attr-defined]
+            details |= {"consecutive": limits.consecutive, "possession_failures": limits.possession}
+            if limits.disabled:
+                details["disabled"] = True
+        self.trail.append(EventType.LOGON_FAILURE, user=user_id, details=details)
+        self._last_user = user_id
+        self._state = GateState.LOCKED_OUT if user_id and self._retry_after() else self._lockable_state()
+
+    def _lockable_state(self) -> GateState:
+        return GateState.LEASE_EXPIRED if self.lease.status(self.clock.read()).expired else GateState.LOCKED
+
+    # --- unlock ---------------------------------------------------------------------------
+
+    def unlock(self, user_id: str, interaction: UserInteraction, *, uid: int | None = None,
+               progress: Progress = _noop) -> Session:
+        """Verify ``user_id``'s factors, open their grant, bring the closed network up."""
+        with self._operation() as reading:
+            lease = self.lease.status(reading)
+            if lease.expired:
+                self._state = GateState.LEASE_EXPIRED
+                raise LeaseExpired(f"The offline period of this laptop is over ({lease.reason}).")
+            try:
+                _, slots = self.store.get_user(user_id)
+            except UserNotFound:
+                # The typed text is not recorded: it might be a passphrase typed in the wrong box.
+                self.trail.append(EventType.LOGON_FAILURE, details={"error": "UnknownStaffId"})
+                raise
+            candidates = usable_slots(self.policy, slots)
+            kind = candidates[0].kind if candidates else None
+            limiter = Limiter(self.store, user_id)
+            before = limiter.state()
+            try:
+                limits = limiter.begin(reading.running)
+            except FactorError as exc:
+                self._refused(exc, user_id, kind, None, False)
+                raise
+            possession = False
+
+            def proven() -> None:
+                nonlocal possession, limits
+                possession = True
+                limits = limiter.possession_proven()
+
+            self._state = GateState.VERIFYING
+            progress("verifying", {})
+            exclude = {SlotKind.PIN_TOTP} if reading.behind else set()
+            try:
+                unlocked = unlock(self.store, self.policy, user_id, interaction, clock=lambda: reading.wall,
+                                  devices=self.devices, on_possession=proven, exclude=exclude)
+            except Cancelled:
+                if not possession:
+                    limiter.cancelled(before)
+                self._state = self._lockable_state()
+                raise
+            except FactorError as exc:
+                self._refused(exc, user_id, kind, limits, possession)
+                raise
+            limiter.succeeded()
+            if unlocked.slot_kind is SlotKind.PIN_TOTP:
+                self.clock.confirm(reading.wall)  # the token agreed with the clock
+            details: dict[str, Any] = {"slot": unlocked.slot_kind.value, "factors": [f.value for f in unlocked.factors]}
+            if unlocked.uv_method:
+                details["uv"] = unlocked.uv_method
+            self.trail.append(EventType.LOGON_SUCCESS, user=user_id, details=details)
+            try:
+                grant = unlocked.open_grant(self.store, self.it_public)
+                return self._bring_up(unlocked.user.user_id, unlocked.user.display_name, grant, uid=uid,
+                                      slot_kind=unlocked.slot_kind.value, factors=tuple(details["factors"]),
+                                      uv_method=unlocked.uv_method, recovered=False, progress=progress,
+                                      reading=reading)
+            except SekishoError:
+                self._state = self._lockable_state()
+                raise
+            finally:
+                unlocked.close()
+
+    def _bring_up(self, user_id: str, display_name: str, grant: Grant, *, uid: int | None, slot_kind: str,
+                  factors: tuple[str, ...], uv_method: str | None, recovered: bool, progress: Progress,
+                  reading: Reading) -> Session:
+        self._state = GateState.UNLOCKING
+        started = time.monotonic()
+        try:
+            self.network.isolate(progress)
+            self.trail.append(EventType.ISOLATION, user=user_id, details={"ok": True})
+            link = self.network.bring_up(grant.network, progress)
+            rtt = self.network.probe(grant.network, progress)
+        except NetworkError as exc:
+            self.network.bring_down()
+            self.network.restore()
+            self.trail.append(EventType.LINK_DOWN, user=user_id,
+                              details={"step": exc.step, "error": str(exc), "rolled_back": True})
+            self._state = self._lockable_state()
+            raise
+        link = LinkInfo(seconds=link.seconds or time.monotonic() - started, rtt_ms=rtt, signal=link.signal,
+                        technology=link.technology, operator=link.operator)
+        self.trail.append(EventType.LINK_UP, user=user_id, details=link.to_json())
+        self.lease.count_unlock()
+        lease = self.lease.status(reading)
+        if lease.warning:
+            self.trail.append(EventType.LEASE_WARNING, details={"days_left": lease.days_left})
+        self.session = Session(user_id=user_id, display_name=display_name, uid=uid, since=reading.now,
+                               slot_kind=slot_kind, factors=factors, uv_method=uv_method, recovered=recovered,
+                               link=link, grant=grant)
+        self.trail.append(EventType.UNLOCK, user=user_id, details={"apps": len(grant.apps), "recovered": recovered})
+        self._state = GateState.UNLOCKED
+        progress("unlocked", {})
+        return self.session
+
+    # --- lock -------------------------------------------------------------------------------
+
+    def lock(self, reason: str = "request") -> None:
+        """Close the session: the link goes down, interfaces come back, the grant is dropped."""
+        with self._lock:
+            if self._state is not GateState.UNLOCKED or self.session is None:
+                return
+            user = self.session.user_id
+            self._state = GateState.LOCKING
+            try:
+                self.network.bring_down()
+                self.network.restore()
+            finally:
+                self.trail.append(EventType.LINK_DOWN, user=user, details={"why": reason})
+                self.trail.append(EventType.LOCK, user=user, details={"why": reason})
+                self.session = None
+                self._state = self._lockable_state()
+
+    # --- recovery ------------------------------------------------------------------------------
+
+    def recovery_key_ids(self, user_id: str) -> list[str]:
+        """The key ids of the user's unused recovery codes (shown so the helpdesk finds the code)."""
+        used = (self.store.read_state(user_id, RECOVERY) or {}).get("used", [])
+        return [w.key_id for w in self.store.get_grant(user_id).recovery if w.key_id not in used]
+
+    def recover(self, user_id: str, code: str, interaction: UserInteraction, *, uid: int | None = None,
+                progress: Progress = _noop) -> Session:
+        """Unlock with a one-time recovery code (and the passphrase where bound), once."""
+        code_bits = codes.parse_recovery_code(code)  # a mistyped group never counts as a failure
+        with self._operation() as reading:
+            record, _ = self.store.get_user(user_id)
+            sealed = self.store.get_grant(user_id)
+            limiter = Limiter(self.store, user_id)
+            try:
+                limits = limiter.begin(reading.running)
+            except FactorError as exc:
+                self._refused(exc, user_id, None, None, False)
+                raise
+            used = (self.store.read_state(user_id, RECOVERY) or {}).get("used", [])
+            passphrase = None
+            if any(w.ephemeral is not None for w in sealed.recovery):
+                passphrase = interaction.request_passphrase(Prompt(user_id=user_id))
+            try:
+                grant_key, key_id = codes.open_with_recovery_code(
+                    sealed, code_bits, binding=record.passphrase_binding, passphrase=passphrase, used=used)
+            except FactorError as exc:
+                self._refused(exc, user_id, None, limits, False)
+                raise
+            try:
+                # Burnt before anything is shown, in the same record as the re-enrolment flag.
+                self.store.update_state(user_id, RECOVERY, lambda old: {
+                    "used": [*(old or {}).get("used", []), key_id], "reenrol": True})
+                limiter.succeeded()
+                grant = open_grant(sealed, grant_key, it_public=self.it_public, device_id=self.store.device_id,
+                                   user_id=user_id)
+            finally:
+                crypto.wipe(grant_key)
+            self.trail.append(EventType.RECOVERY, user=user_id, details={"key_id": key_id, "reenrol": True})
+            return self._bring_up(user_id, record.display_name, grant, uid=uid, slot_kind="recovery",
+                                  factors=("recovery-code",), uv_method=None, recovered=True, progress=progress,
+                                  reading=reading)
+
+    # --- lease extension ---------------------------------------------------------------------
+
+    def extend(self, code: str) -> LeaseStatus:
+        """Apply an extension code read out by the helpdesk."""
+        with self._operation() as reading:
+            state = self.store.read_state(None, EXTENSION_KEY)
+            if not state:
+                raise LeaseExpired("This laptop has no extension key; only a check-in can renew it.",
+                                   advice="Bring the laptop to the office.")
+            key = state["key"]
+            codes.parse_extension_code(code)  # a mistyped group never counts as a failure
+            limiter = Limiter(self.store, None)
+            try:
+                limits = limiter.begin(reading.running)
+            except FactorError as exc:
+                self._refused(exc, None, None, None, False)
+                raise
+            try:
+                extension = codes.check_extension_code(key, self.store.device_id, code)
+                status = self.lease.extend(reading, extension)
+            except FactorError as exc:
+                self._refused(exc, None, None, limits, False)
+                raise
+            limiter.succeeded()
+            self.trail.append(EventType.LEASE_EXTENSION, details={"end": extension.end.isoformat(),
+                                                                  "sequence": extension.sequence})
+            self._state = GateState.LOCKED
+            return status
+
+
+def provision_extension_key(store: CredentialStore, key: bytes) -> None:
+    """Install the laptop's extension key (delivered in the provisioning bundle)."""
+    store.update_state(None, EXTENSION_KEY, lambda old: {"key": bytes(key)})
+
+
+def reenrolment_due(store: CredentialStore, user_id: str) -> bool:
+    return bool((store.read_state(user_id, RECOVERY) or {}).get("reenrol"))
+
