@@ -117,12 +117,15 @@ class Gate:
 
     @property
     def state(self) -> GateState:
-        with self._lock:
-            if self._state is GateState.LOCKED_OUT and self._retry_after() == 0:
-                self._state = GateState.LOCKED
-            if self._state is GateState.LOCKED:
-                self._state = self._lockable_state()
-            return self._state
+        """The state now (a delay that has run out, a lease that has, are seen here)."""
+        state = self._state
+        if state is GateState.LOCKED_OUT and self._retry_after() == 0:
+            state = GateState.LOCKED
+        if state is GateState.LOCKED:
+            state = self._lockable_state()
+        if self._state in (GateState.LOCKED, GateState.LOCKED_OUT):
+            self._state = state
+        return state
 
     def _retry_after(self) -> int:
         if self._last_user is None:
@@ -131,22 +134,25 @@ class Gate:
         return max(0, int(limits.not_before - self.clock.read().running + 0.999))
 
     def status(self, *, details: bool) -> dict[str, Any]:
-        """The status document (docs/agent.md); ``details`` only for who unlocked, or root."""
-        with self._lock:
-            reading = self.clock.read()
-            lease = self.lease.status(reading)
-            state = self.state
-            doc: dict[str, Any] = {
-                "version": 1,
-                "state": str(state),
-                "lease": lease.to_json() | {"warning": lease.warning},
-                "clock": {"behind": reading.behind},
-                "retry_after": self._retry_after() if state is GateState.LOCKED_OUT else 0,
-                "user": None,
-            }
-            if details and self.session is not None:
-                doc["user"] = self.session.to_json()
-            return doc
+        """The status document (docs/agent.md); ``details`` only for who unlocked, or root.
+
+        Answers at once, also while a logon waits for the person (no gate lock taken).
+        """
+        reading = self.clock.read()
+        lease = self.lease.status(reading)
+        state = self.state
+        session = self.session
+        doc: dict[str, Any] = {
+            "version": 1,
+            "state": str(state),
+            "lease": lease.to_json() | {"warning": lease.warning},
+            "clock": {"behind": reading.behind},
+            "retry_after": self._retry_after() if state is GateState.LOCKED_OUT else 0,
+            "user": None,
+        }
+        if details and session is not None:
+            doc["user"] = session.to_json()
+        return doc
 
     @property
     def unlocked_uid(self) -> int | None:

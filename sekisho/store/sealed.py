@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -90,6 +91,9 @@ class SealedDatabase:
     def __init__(self, path: Path, conn: sqlite3.Connection, device_key: bytes | bytearray, salt: bytes) -> None:
         self.path = path
         self._conn = conn
+        # One connection, used from the service's threads one at a time: every access
+        # (a statement or a whole transaction) holds this lock.
+        self._lock = threading.RLock()
         self._k_rows = crypto.hkdf(device_key, salt=salt, info=crypto.label(self.ROWS_LABEL))
         self._derive(device_key, salt)
 
@@ -110,7 +114,8 @@ class SealedDatabase:
     @staticmethod
     def _connect(path: Path) -> sqlite3.Connection:
         # mode=rw: opening never creates a file; "create" made it with 0600 already.
-        return sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, isolation_level=None, timeout=10.0)
+        return sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, isolation_level=None, timeout=10.0,
+                               check_same_thread=False)
 
     @classmethod
     def _configure(cls, conn: sqlite3.Connection, *, new: bool) -> None:
@@ -243,8 +248,10 @@ class SealedDatabase:
 
     # --- rows ---------------------------------------------------------------
 
-    def _errors(self) -> contextlib.AbstractContextManager[None]:
-        return sqlite_errors(self.path, self.WHAT)
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        with self._lock, sqlite_errors(self.path, self.WHAT):
+            yield
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:

@@ -1,0 +1,237 @@
+"""``sekisho-agent``: the laptop service and its terminal clients.
+
+    sekisho-agent run [--state-dir DIR] [--socket PATH]
+    sekisho-agent unlock [--user ID] | lock | status [--json] | recover --user ID | extend
+
+The clients ask for secrets with getpass on a terminal, or read them one per line from
+standard input when it is not one (scripts). Exit codes: 0 done; 1 refused (wrong
+factors, locked out, lease expired, not allowed); 2 could not run (no service, usage).
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from agent import protocol
+from agent.service import Service
+from sekisho.errors import FormatError, SekishoError
+from sekisho.store.keysource import DeviceKeySource, InsecureFileKeySource, KeyringKeySource, RootFileKeySource
+
+DEFAULT_SOCKET = Path("/run/sekisho/agent.sock")
+DEFAULT_STATE = Path("/var/lib/sekisho")
+EXIT_REFUSED = 1
+EXIT_UNUSABLE = 2
+
+
+class _Fail(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def socket_path(option: Path | None) -> Path:
+    return option or Path(os.environ.get("SEKISHO_SOCKET", DEFAULT_SOCKET))
+
+
+def _answer(kind: str, user: str | None, attempts: int | None) -> str | None:
+    """A secret from the person (getpass) or the next line of piped input; None: cancel."""
+    label = {"passphrase": "Passphrase", "pin": "Security key PIN", "code": "One-time code"}.get(kind, kind)
+    if attempts is not None:
+        label += f" ({attempts} attempts remaining)"
+    if sys.stdin.isatty():
+        try:
+            return getpass.getpass(f"{label}: ")
+        except (EOFError, KeyboardInterrupt):
+            return None
+    line = sys.stdin.readline()
+    return line.rstrip("\r\n") if line else None
+
+
+def converse(path: Path, request: dict[str, Any], *, quiet: bool = False) -> dict[str, Any]:
+    """Send one request, answer the service's prompts, return its final message."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(str(path))
+    except OSError as exc:
+        sock.close()
+        raise _Fail(f"The Sekisho service is not reachable at {path} ({exc.strerror}).", EXIT_UNUSABLE) from None
+    with sock:
+        protocol.send(sock, {"v": protocol.VERSION, **request})
+        while True:
+            try:
+                message = protocol.receive(sock)
+            except (protocol.ChannelClosed, OSError, FormatError):
+                raise _Fail("The service closed the connection without an answer.", EXIT_UNUSABLE) from None
+            kind = message.get("type")
+            if kind in ("result", "error"):
+                return message
+            if kind == "prompt":
+                value = _answer(str(message.get("kind")), message.get("user"), message.get("attempts_remaining"))
+                protocol.send(sock, {"type": "cancel"} if value is None else {"type": "answer", "value": value})
+            elif kind == "notice" and not quiet:
+                click.echo({"touch": "Touch your security key.",
+                            "fingerprint": "Place your finger on the key's sensor."}.get(str(message.get("kind")),
+                                                                                       ""), err=True)
+            elif kind == "progress" and not quiet:
+                click.echo(f"  {message.get('step')}…", err=True)
+
+
+def _outcome(message: dict[str, Any]) -> dict[str, Any]:
+    if message["type"] == "error":
+        text = str(message.get("message", "Refused."))
+        if message.get("attempts_before_delay") is not None and message.get("error") != "LockedOut":
+            text += f" (attempts before a delay: {message['attempts_before_delay']})"
+        advice = message.get("advice")
+        raise _Fail(text + (f"\n{advice}" if advice else ""), EXIT_REFUSED)
+    return message
+
+
+@click.group()
+@click.option("--socket", "sock", type=click.Path(path_type=Path), help="The service's control socket.")
+@click.option("--debug", is_flag=True, help="Tracebacks for unexpected errors, debug logs.")
+@click.version_option(package_name="sekisho")
+@click.pass_context
+def cli(ctx: click.Context, sock: Path | None, debug: bool) -> None:
+    """Sekisho's laptop agent: the service, and unlock / lock / status."""
+    ctx.obj = {"socket": socket_path(sock), "debug": debug}
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@cli.command()
+@click.option("--state-dir", type=click.Path(path_type=Path), default=DEFAULT_STATE, show_default=True)
+@click.option("--key-file", type=click.Path(path_type=Path), help="A root-only device key file (else the keyring).")
+@click.option("--insecure-key-file", type=click.Path(path_type=Path), hidden=True,
+              help="A plain device key file: tests and the demo only.")
+@click.option("--soft-key", "soft_keys", multiple=True, type=click.Path(path_type=Path),
+              help="A software security key file (only if the policy allows software authenticators).")
+@click.pass_context
+def run(ctx: click.Context, state_dir: Path, key_file: Path | None, insecure_key_file: Path | None,
+        soft_keys: tuple[Path, ...]) -> None:
+    """Run the service (as root under systemd; see packaging/)."""
+    source: DeviceKeySource
+    if insecure_key_file:
+        source = InsecureFileKeySource(insecure_key_file)
+    elif key_file:
+        source = RootFileKeySource(key_file)
+    else:
+        source = KeyringKeySource("sekisho-device")
+    devices = None
+    if soft_keys:
+        from sekisho.devices.softkey import SoftKey
+
+        keys = [SoftKey.load(p) for p in soft_keys]
+        devices = lambda: keys  # noqa: E731
+    service = Service.open(state_dir, source, devices=devices)
+    path = ctx.obj["socket"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, lambda *_: service.shutdown())
+    click.echo(f"Sekisho service: state in {state_dir}, control socket {path}", err=True)
+    try:
+        service.serve(path)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        service.gate.lock("service-stop")
+
+
+@cli.command()
+@click.option("--user", "user", help="Your staff id (職員番号); asked if not given.")
+@click.pass_context
+def unlock(ctx: click.Context, user: str | None) -> None:
+    """Log on: the factors your slots need, then the closed network."""
+    if not user:
+        user = click.prompt("Staff id", err=True) if sys.stdin.isatty() else sys.stdin.readline().strip()
+    result = _outcome(converse(ctx.obj["socket"], {"op": "unlock", "user": user}))
+    session = result["status"].get("user") or {}
+    click.echo(f"Unlocked: {session.get('name', user)}. Apps: {', '.join(session.get('apps', [])) or '-'}")
+
+
+@cli.command()
+@click.pass_context
+def lock(ctx: click.Context) -> None:
+    """Lock: the closed network goes down, other interfaces come back."""
+    _outcome(converse(ctx.obj["socket"], {"op": "lock"}))
+    click.echo("Locked.")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="The status document (docs/agent.md), for scripts.")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Where the laptop stands: state, lease, who is unlocked (for them only)."""
+    doc = _outcome(converse(ctx.obj["socket"], {"op": "status"}, quiet=True))["status"]
+    if as_json:
+        click.echo(json.dumps(doc, ensure_ascii=False, sort_keys=True))
+        return
+    lease = doc["lease"]
+    click.echo(f"State: {doc['state']}")
+    click.echo(f"Lease: {lease['days_left']} days left (until {lease['end']})"
+               + (" — expired" if lease["expired"] else " — check in soon" if lease["warning"] else ""))
+    if doc.get("retry_after"):
+        click.echo(f"Locked for {doc['retry_after']} more seconds after failed attempts.")
+    if doc.get("user"):
+        user = doc["user"]
+        click.echo(f"User: {user['name']} ({user['id']}) since {user['since']}, {user['slot']}")
+
+
+@cli.command()
+@click.option("--user", required=True, help="Your staff id.")
+@click.pass_context
+def recover(ctx: click.Context, user: str) -> None:
+    """Unlock once with a recovery code read out by the helpdesk (a lost key)."""
+    ids = _outcome(converse(ctx.obj["socket"], {"op": "key-ids", "user": user}, quiet=True))["key_ids"]
+    click.echo(f"Key ids for the helpdesk: {', '.join(ids) or '(none left)'}", err=True)
+    code = click.prompt("Recovery code", err=True) if sys.stdin.isatty() else sys.stdin.readline().strip()
+    _outcome(converse(ctx.obj["socket"], {"op": "recover", "user": user, "code": code}))
+    click.echo("Unlocked with a recovery code. IT will register your factors again at your next check-in.")
+
+
+@cli.command()
+@click.pass_context
+def extend(ctx: click.Context) -> None:
+    """Renew the offline period with an extension code from the helpdesk."""
+    code = click.prompt("Extension code", err=True) if sys.stdin.isatty() else sys.stdin.readline().strip()
+    result = _outcome(converse(ctx.obj["socket"], {"op": "extend", "code": code}))
+    click.echo(f"Extended until {result['status']['lease']['end']}.")
+
+
+def _exit(message: str, code: int) -> NoReturn:
+    click.echo(f"sekisho-agent: {message}", err=True)
+    sys.exit(code)
+
+
+def main(argv: Sequence[str] | None = None) -> Any:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return cli.main(args=args, prog_name="sekisho-agent", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_UNUSABLE)
+    except click.exceptions.Abort:
+        _exit("cancelled.", EXIT_UNUSABLE)
+    except _Fail as exc:
+        _exit(str(exc), exc.code)
+    except SekishoError as exc:
+        _exit(exc.diagnostics(), EXIT_UNUSABLE)
+    except Exception:
+        if "--debug" in args:
+            raise
+        _exit("unexpected error (run again with --debug for details).", EXIT_UNUSABLE)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

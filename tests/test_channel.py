@@ -1,0 +1,178 @@
+"""The control channel: a real Unix socket, real peer credentials, a real second OS user.
+
+The second user (``sekisho-test``, created here when running as root, as CI does) talks
+to the service with a stdlib-only client run by the system Python through ``runuser``:
+it needs nothing of Sekisho's, only the documented wire format."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent import cli, protocol
+from agent.gate import GateState
+from agent.service import Service
+from tests.agent_helpers import KEY_PIN, PASSPHRASE, Laptop, make_laptop
+
+SECOND_USER = "sekisho-test"
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[Laptop, Path]]:
+    laptop = make_laptop(tmp_path / "laptop")
+    # A socket directory the second user can reach (pytest's own is private to root).
+    sock_dir = Path(tempfile.mkdtemp(prefix="sekisho-channel-"))
+    sock_dir.chmod(0o755)
+    service = Service(laptop.gate)
+    path = sock_dir / "agent.sock"
+    service.serve_in_thread(path)
+    yield laptop, path
+    service.shutdown()
+    shutil.rmtree(sock_dir, ignore_errors=True)
+
+
+def ask(path: Path, request: dict, answers: str = "", monkeypatch: pytest.MonkeyPatch | None = None) -> dict:
+    if monkeypatch is not None:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(answers))
+    return cli.converse(path, request, quiet=True)
+
+
+def test_unlock_status_lock_over_the_socket(served, monkeypatch) -> None:
+    laptop, path = served
+    result = ask(path, {"op": "unlock", "user": "K20581"}, f"{KEY_PIN}\n", monkeypatch)
+    assert result["type"] == "result" and result["status"]["state"] == "unlocked"
+    assert result["status"]["user"]["id"] == "K20581"
+    assert laptop.gate.unlocked_uid == os.getuid()
+    status = ask(path, {"op": "status"})["status"]
+    assert status["user"]["id"] == "K20581"
+    assert ask(path, {"op": "lock"})["status"]["state"] == "locked"
+    assert laptop.gate.state is GateState.LOCKED
+
+
+def test_refusals_carry_what_a_person_needs(served, monkeypatch) -> None:
+    _, path = served
+    result = ask(path, {"op": "unlock", "user": "K30712"}, "wrong passphrase 12\n", monkeypatch)
+    assert result["type"] == "error" and result["error"] == "AuthenticationFailed"
+    assert result["attempts_before_delay"] == 4 and result["attempts_before_disable"] == 9
+    assert "wrong passphrase" not in json.dumps(result)
+    cancelled = ask(path, {"op": "unlock", "user": "K30712"}, "", monkeypatch)  # nothing typed: cancel
+    assert cancelled["error"] == "Cancelled"
+
+
+def raw_exchange(path: Path, payload: bytes) -> dict:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(str(path))
+        sock.sendall(payload)
+        return protocol.receive(sock)
+
+
+@pytest.mark.parametrize("payload", [
+    pytest.param(struct.pack(">I", 10) + b"not json!!", id="not-json"),
+    pytest.param(struct.pack(">I", 4) + b"\xff\xfe\xfd\xfc", id="not-utf8"),
+    pytest.param(struct.pack(">I", 2) + b"[]", id="not-an-object"),
+    pytest.param(struct.pack(">I", 0xFFFFFFF0), id="oversized"),
+    pytest.param(struct.pack(">I", 21) + b'{"v":9,"op":"status"}', id="wrong-version"),
+    pytest.param(struct.pack(">I", 20) + b'{"v":1,"op":"reset"}', id="unknown-op"),
+    pytest.param(struct.pack(">I", 30) + b'{"v":1,"op":"unlock","user":5}', id="wrong-type"),
+])
+def test_malformed_requests_get_an_error_and_the_service_lives_on(served, payload: bytes) -> None:
+    _, path = served
+    reply = raw_exchange(path, payload)
+    assert reply["type"] == "error" and reply["error"] == "BadRequest"
+    assert ask(path, {"op": "status"})["status"]["state"] == "locked"
+
+
+def test_the_terminal_client_reads_piped_answers(served) -> None:
+    _, path = served
+    env = {**os.environ, "SEKISHO_SOCKET": str(path)}
+    agent = str(Path(sys.executable).parent / "sekisho-agent")
+    proc = subprocess.run([agent, "unlock", "--user", "K30712"], input=f"{PASSPHRASE['K30712']}\n",
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "Unlocked: 職員 K30712" in proc.stdout
+    proc = subprocess.run([agent, "status", "--json"], capture_output=True, text=True, env=env, timeout=60)
+    doc = json.loads(proc.stdout)
+    assert doc["state"] == "unlocked" and doc["user"]["id"] == "K30712"
+    proc = subprocess.run([agent, "unlock", "--user", "K20581"], input=f"{KEY_PIN}\n", capture_output=True,
+                          text=True, env=env, timeout=60)
+    assert proc.returncode == 1 and "already unlocked" in proc.stderr
+    assert subprocess.run([agent, "lock"], env=env, timeout=60).returncode == 0
+    proc = subprocess.run([agent, "--socket", "/nonexistent/agent.sock", "status"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2 and "not reachable" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# --- another OS user -------------------------------------------------------------------------------
+
+CLIENT = r"""
+import json, socket, struct, sys
+path, request, answers = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3:]
+def send(s, m):
+    d = json.dumps(m).encode(); s.sendall(struct.pack(">I", len(d)) + d)
+def recv(s):
+    n = struct.unpack(">I", s.recv(4, socket.MSG_WAITALL))[0]; return json.loads(s.recv(n, socket.MSG_WAITALL))
+s = socket.socket(socket.AF_UNIX); s.connect(path); send(s, dict(v=1, **request))
+while True:
+    m = recv(s)
+    if m["type"] == "prompt":
+        send(s, {"type": "answer", "value": answers.pop(0)} if answers else {"type": "cancel"})
+    elif m["type"] in ("result", "error"):
+        print(json.dumps(m)); break
+"""
+
+
+def as_second_user(path: Path, request: dict, *answers: str) -> dict:
+    proc = subprocess.run(["runuser", "-u", SECOND_USER, "--", "/usr/bin/python3", "-c", CLIENT, str(path),
+                           json.dumps(request), *answers], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+@pytest.fixture
+def second_user() -> str:
+    if os.geteuid() != 0 or not shutil.which("runuser") or not Path("/usr/bin/python3").exists():
+        pytest.skip("needs root, runuser and /usr/bin/python3 to act as a second user (CI has them)")
+    if subprocess.run(["id", SECOND_USER], capture_output=True).returncode != 0:
+        subprocess.run(["useradd", "--create-home", SECOND_USER], check=True, capture_output=True)
+    return SECOND_USER
+
+
+def test_another_user_may_unlock_but_not_see_or_lock_a_session_not_theirs(served, second_user, monkeypatch) -> None:
+    laptop, path = served
+    # root unlocks (as a field worker's session would)
+    ask(path, {"op": "unlock", "user": "K20581"}, f"{KEY_PIN}\n", monkeypatch)
+    other = as_second_user(path, {"op": "status"})
+    assert other["status"]["state"] == "unlocked" and other["status"]["user"] is None  # no details
+    refused = as_second_user(path, {"op": "lock"})
+    assert refused["type"] == "error" and refused["error"] == "PermissionDenied"
+    assert laptop.gate.state is GateState.UNLOCKED
+    busy = as_second_user(path, {"op": "unlock", "user": "K30712"}, PASSPHRASE["K30712"])
+    assert busy["error"] == "GateBusy"
+    ask(path, {"op": "lock"})  # root may lock
+
+    # The second user unlocks as a Sekisho user: the session is theirs.
+    mine = as_second_user(path, {"op": "unlock", "user": "K30712"}, PASSPHRASE["K30712"])
+    assert mine["type"] == "result" and mine["status"]["user"]["id"] == "K30712"
+    uid = int(subprocess.run(["id", "-u", SECOND_USER], capture_output=True, text=True).stdout)
+    assert laptop.gate.unlocked_uid == uid
+    assert as_second_user(path, {"op": "status"})["status"]["user"]["id"] == "K30712"
+    assert ask(path, {"op": "status"})["status"]["user"]["id"] == "K30712"  # root sees it too
+    assert as_second_user(path, {"op": "lock"})["status"]["state"] == "locked"
+
+
+def test_bad_requests_from_another_user(served, second_user) -> None:
+    _, path = served
+    reply = as_second_user(path, {"op": "format-disk"})
+    assert reply["error"] == "BadRequest"
+    assert as_second_user(path, {"op": "status"})["status"]["state"] == "locked"
