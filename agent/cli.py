@@ -17,7 +17,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -30,6 +30,7 @@ from sekisho.store.keysource import DeviceKeySource, InsecureFileKeySource, Keyr
 
 DEFAULT_SOCKET = Path("/run/sekisho/agent.sock")
 DEFAULT_STATE = Path("/var/lib/sekisho")
+log = logging.getLogger(__name__)
 EXIT_REFUSED = 1
 EXIT_UNUSABLE = 2
 
@@ -58,8 +59,15 @@ def _answer(kind: str, user: str | None, attempts: int | None) -> str | None:
     return line.rstrip("\r\n") if line else None
 
 
-def converse(path: Path, request: dict[str, Any], *, quiet: bool = False) -> dict[str, Any]:
-    """Send one request, answer the service's prompts, return its final message."""
+Answerer = Callable[[str, str | None, int | None], str | None]
+
+
+def converse(path: Path, request: dict[str, Any], *, quiet: bool = False, answer: Answerer | None = None
+             ) -> dict[str, Any]:
+    """Send one request, answer the service's prompts (``answer``: kind, user, attempts
+    remaining → the answer or None to cancel; by default the terminal), return its final
+    message."""
+    answer = answer or _answer
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(str(path))
@@ -77,7 +85,7 @@ def converse(path: Path, request: dict[str, Any], *, quiet: bool = False) -> dic
             if kind in ("result", "error"):
                 return message
             if kind == "prompt":
-                value = _answer(str(message.get("kind")), message.get("user"), message.get("attempts_remaining"))
+                value = answer(str(message.get("kind")), message.get("user"), message.get("attempts_remaining"))
                 protocol.send(sock, {"type": "cancel"} if value is None else {"type": "answer", "value": value})
             elif kind == "notice" and not quiet:
                 click.echo({"touch": "Touch your security key.",
@@ -136,14 +144,18 @@ def run(ctx: click.Context, state_dir: Path, key_file: Path | None, insecure_key
     service = Service.open(state_dir, source, devices=devices)
     path = ctx.obj["socket"]
     path.parent.mkdir(parents=True, exist_ok=True)
-    signal.signal(signal.SIGTERM, lambda *_: service.shutdown())
+    signal.signal(signal.SIGTERM, _interrupt)  # systemd's stop: leave serve() through its finally
     click.echo(f"Sekisho service: state in {state_dir}, control socket {path}", err=True)
     try:
         service.serve(path)
     except KeyboardInterrupt:
-        pass
+        log.info("stopping")
     finally:
-        service.gate.lock("service-stop")
+        service.close()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 @cli.command()

@@ -217,9 +217,19 @@ class Service:
             threading.Event().wait(0.01)
         return thread
 
-    def shutdown(self) -> None:
+    def stop_serving(self) -> None:
+        """Stop answering on the socket (serving in another thread); the gate stays open."""
         if self._server is not None:
             self._server.shutdown()
+            self._server = None
+
+    def shutdown(self) -> None:
+        """Stop a service serving in another thread, then :meth:`close`."""
+        self.stop_serving()
+        self.close()
+
+    def close(self) -> None:
+        """Lock (the link goes down) and close the store and the trail."""
         self.gate.lock("service-stop")
         self.gate.store.close()
         self.gate.trail.close()

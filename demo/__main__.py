@@ -18,6 +18,8 @@ the next code.
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import json
 import logging
 import os
@@ -28,8 +30,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from sekisho import crypto
+from agent.cli import converse
+from agent.clock import TrustedClock
+from agent.gate import Gate, provision_extension_key
+from agent.limits import Limiter
+from agent.network import SimulatedNetwork
+from agent.service import Service
+from sekisho import codes, crypto
 from sekisho.devices.softkey import SoftKey
 from sekisho.errors import (
     SekishoError,
@@ -87,13 +96,20 @@ STAFF = (
 
 
 class DemoClock:
-    """Real time at the start; advanced by hand so each logon sees a fresh TOTP step."""
+    """Real time at the start; advanced by hand so each logon sees a fresh TOTP step.
+
+    Its monotonic side moves with it (the demo's laptop never sleeps).
+    """
 
     def __init__(self) -> None:
         self.now = float(int(time.time()) // 30 * 30 + 1)
+        self.start = self.now
 
     def __call__(self) -> float:
         return self.now
+
+    def monotonic(self) -> float:
+        return self.now - self.start + 1000.0
 
     def advance(self, seconds: float = 30) -> None:
         self.now += seconds
@@ -108,7 +124,7 @@ class Report:
         try:
             outcome = action()
         except SekishoError as exc:
-            outcome = f"refused: {type(exc).__name__}"
+            outcome = f"refused: {getattr(exc, 'error', None) or type(exc).__name__}"
             detail = str(exc)
         else:
             detail = ""
@@ -172,6 +188,8 @@ def run(out: Path) -> bool:
                                     context=pp.PassphraseContext(user_id="K10234")) or "accepted",
     )
     tokens: dict[str, TotpSeed] = {}
+    recovery_codes: dict[str, list[codes.RecoveryCode]] = {}
+    extension_key = codes.new_extension_key()  # the registry keeps it for the helpdesk
     keys = {s.user_id: SoftKey.create(out / "keys" / f"{s.user_id}.json", fingerprint=s.key == "fingerprint",
                                       pin=s.key_pin) for s in STAFF if s.key}
     roots = [key.attestation_root() for key in keys.values()]  # IT's list of trusted key makers
@@ -193,19 +211,23 @@ def run(out: Path) -> bool:
                                aaguids=policy.aaguids, passphrase=s.passphrase or None, argon2=policy.argon2,
                                created_at=int(clock()))
         crypto.wipe(identity_private)
+        # P_pass lets IT bind the recovery codes to the passphrase without learning it.
+        binding = codes.passphrase_binding(s.passphrase, policy.argon2) if s.passphrase else None
         store.put_user(UserRecord(user_id=s.user_id, display_name=s.name, kana=s.kana,
-                                  department=s.department, roles=s.roles,
-                                  identity_public=identity_public), [slot])
+                                  department=s.department, roles=s.roles, identity_public=identity_public,
+                                  passphrase_binding=binding), [slot])
         grant = Grant(device_id=store.device_id, user_id=s.user_id, serial=serial, issued_at=int(clock()),
                       network={"apn": "closed.demo.lg.jp", "user": "demo", "password": "demo-apn-secret",
                                "iccid": "8981100000000000001"},
                       citrix={"store_url": "https://citrix.demo.lg.jp/Citrix/Store/discovery"},
                       apps=s.apps)
         sealed, grant_key = issue_grant(grant, it_signing_key=it_private, user_public=identity_public)
+        recovery_codes[s.user_id] = codes.new_recovery_codes(5)  # the registry keeps them for the helpdesk
+        store.put_grant(codes.wrap_for_recovery(sealed, grant_key, recovery_codes[s.user_id], binding))
         crypto.wipe(grant_key)
-        store.put_grant(sealed)
         print(f"  {s.user_id} {s.name} ({s.department}): {s.kind.value} slot ({s.how}), grant #{serial} "
               f"for {len(s.apps)} app(s)")
+    provision_extension_key(store, extension_key)
     trail.append(EventType.BUNDLE_INSTALLED, details={"users": len(STAFF)})
     store.close()
 
@@ -317,6 +339,10 @@ def run(out: Path) -> bool:
     for user_id, u in unlocked.items():
         trail.append(EventType.LOCK, user=user_id, details={"why": "request"})
         u.close()
+    field_day(out, report, Gate(store=store, policy=policy, trail=trail, it_public=it_public,
+                                network=SimulatedNetwork(), devices=lambda: list(keys.values()),
+                                clock=TrustedClock(store, wall=clock, monotonic=clock.monotonic, boot="demo")),
+              clock, tokens, recovery_codes, extension_key)
     store.close()
     head = trail.head
     trail.close()
@@ -334,6 +360,104 @@ def run(out: Path) -> bool:
     passed = sum(bool(r["ok"]) for r in report.rows)
     print(f"\n{passed} of {len(report.rows)} outcomes as expected. Files in {out}/ (summary.json).")
     return report.all_ok
+
+
+def field_day(out: Path, report: Report, gate: Gate, clock: DemoClock, tokens: dict[str, TotpSeed],
+              recovery_codes: dict[str, list[codes.RecoveryCode]], extension_key: bytes) -> None:
+    """A field day in a minute, through the service and its control socket, as the tray will."""
+    print("== A field day, through the service (sekisho-agent) ==")
+    _, takahashi, suzuki, ito, tanaka = STAFF
+    gate.lease.renew(gate.clock.confirm(clock()), office_time=clock(), days=gate.policy.lease_days)
+    print(f"  lease: {gate.policy.lease_days} days from the office's time")
+    service = Service(gate)
+    (out / "run").mkdir()
+    path = out / "run" / "agent.sock"
+    service.serve_in_thread(path)
+
+    def ask(request: dict[str, Any], *answers: str) -> dict[str, Any]:
+        queue = list(answers)
+        result = converse(path, request, quiet=True, answer=lambda kind, user, left: queue.pop(0) if queue else None)
+        if result["type"] == "error":
+            raise SekishoErrorFromChannel(str(result["error"]), str(result["message"]), result)
+        return result
+
+    def session(request: dict[str, Any], *answers: str) -> str:
+        user = ask(request, *answers)["status"]["user"]
+        ask({"op": "lock"})
+        return f"unlocked {user['name']} ({user['slot']}, {'+'.join(user['factors'])}), then locked"
+
+    for s, answers in ((suzuki, ()), (ito, (ito.key_pin or "",))):
+        report.expect(f"{s.user_id} unlocks through the service and locks", "unlocked",
+                      lambda s=s, answers=answers: session({"op": "unlock", "user": s.user_id}, *answers))
+
+    def five_wrong() -> str:
+        for _ in range(5):
+            clock.advance(1)
+            try:
+                ask({"op": "unlock", "user": tanaka.user_id}, "wrong passphrase 12")
+            except SekishoErrorFromChannel as exc:
+                if exc.error != "AuthenticationFailed":
+                    raise
+        ask({"op": "unlock", "user": tanaka.user_id}, tanaka.passphrase)
+        return "unlocked"
+
+    report.expect(f"{tanaka.user_id}: five wrong passphrases, then even the right one waits",
+                  "refused: LockedOut", five_wrong)
+    clock.advance(31)
+    report.expect(f"{tanaka.user_id} after the 30 s delay", "unlocked",
+                  lambda: session({"op": "unlock", "user": tanaka.user_id}, tanaka.passphrase))
+
+    def colleague() -> str:
+        for _ in range(12):  # no valid one-time code: possession is never proven
+            clock.advance(3601)
+            with contextlib.suppress(SekishoErrorFromChannel):
+                ask({"op": "unlock", "user": takahashi.user_id}, "guessing his passphrase", "000000")
+        limits = Limiter(gate.store, takahashi.user_id).state()
+        return f"delayed {limits.consecutive} times, disabled: {limits.disabled}"
+
+    report.expect(f"a colleague types {takahashi.user_id}'s id with wrong passphrases 12 times",
+                  "delayed 12 times, disabled: False", colleague)
+    clock.advance(3601)
+    report.expect(f"{takahashi.user_id} still logs on afterwards", "unlocked",
+                  lambda: session({"op": "unlock", "user": takahashi.user_id}, takahashi.passphrase,
+                                  tokens[takahashi.user_id].code_at(clock())))
+
+    def lost_key() -> str:
+        key_ids = ask({"op": "key-ids", "user": ito.user_id})["key_ids"]
+        code = recovery_codes[ito.user_id][0]  # the helpdesk finds the code by its key id
+        print(f"        key ids shown: {', '.join(key_ids)}; the helpdesk reads out {code.key_id}")
+        mistyped = code.code.replace(code.code[7], str((int(code.code[7]) + 1) % 10), 1)
+        with contextlib.suppress(SekishoErrorFromChannel):
+            ask({"op": "recover", "user": ito.user_id, "code": mistyped})
+        return session({"op": "recover", "user": ito.user_id, "code": code.code}) + " (a recovery, once)"
+
+    report.expect(f"{ito.user_id} lost his key: a recovery code from the helpdesk", "unlocked", lost_key)
+
+    def lease_runs_out() -> str:
+        clock.advance(15 * 86400)
+        ask({"op": "unlock", "user": suzuki.user_id})
+        return "unlocked"
+
+    report.expect("fifteen days later the lease has run out", "refused: LeaseExpired", lease_runs_out)
+
+    def extension() -> str:
+        end = dt.datetime.fromtimestamp(clock(), dt.UTC).date() + dt.timedelta(days=7)
+        code = codes.make_extension_code(extension_key, gate.store.device_id, end, sequence=1)  # the helpdesk
+        print(f"        the helpdesk reads out an extension code until {end}")
+        ask({"op": "extend", "code": code})
+        return session({"op": "unlock", "user": suzuki.user_id})
+
+    report.expect("an extension code renews it", "unlocked", extension)
+    service.stop_serving()
+
+
+class SekishoErrorFromChannel(SekishoError):
+    """An error the service answered with, as the demo's client sees it."""
+
+    def __init__(self, error: str, message: str, reply: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.error = error
+        self.reply = reply
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:

@@ -18,7 +18,7 @@ from sekisho.devices.softkey import SoftKey
 from sekisho.factors import fido2, pin_totp
 from sekisho.factors.interaction import ScriptedInteraction
 from sekisho.factors.totp import TotpSeed
-from sekisho.policy import Policy
+from sekisho.policy import Policy, sign_policy
 from sekisho.store.grants import Grant, issue_grant
 from sekisho.store.keysource import InsecureFileKeySource
 from sekisho.store.records import SlotKind, UserRecord
@@ -103,8 +103,12 @@ def make_laptop(root: Path, policy: Policy = POLICY) -> Laptop:
     source = InsecureFileKeySource(root / "device.key")
     store = CredentialStore.create(root / "store.db", source, device_id="laptop-0001")
     Trail.create(root / "trail.jsonl", source, device_id="laptop-0001", clock=clock.wall).close()
+    root.chmod(0o700)
     it_private, it_public = crypto.ed25519_generate()
     (root / "it-public.pem").write_text(crypto.public_key_pem(it_public))
+    policy_text = policy.to_toml().encode()
+    (root / "policy.toml").write_bytes(policy_text)
+    (root / "policy.toml.sig").write_bytes(sign_policy(policy_text, it_private))
     seed = TotpSeed.from_hex(SEED_HEX)
     keys = {"K20581": SoftKey.create(root / "key-K20581.json", pin=KEY_PIN),
             "K30712": SoftKey.create(root / "key-K30712.json")}

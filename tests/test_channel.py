@@ -176,3 +176,51 @@ def test_bad_requests_from_another_user(served, second_user) -> None:
     reply = as_second_user(path, {"op": "format-disk"})
     assert reply["error"] == "BadRequest"
     assert as_second_user(path, {"op": "status"})["status"]["state"] == "locked"
+
+
+def test_sekisho_agent_run_serves_until_sigterm(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    laptop = make_laptop(tmp_path / "state")
+    laptop.gate.store.close()
+    laptop.gate.trail.close()
+    sock = tmp_path / "run" / "agent.sock"
+    agent = str(Path(sys.executable).parent / "sekisho-agent")
+    keys = [arg for k in sorted((tmp_path / "state").glob("key-*.json")) for arg in ("--soft-key", str(k))]
+    service = subprocess.Popen([agent, "--socket", str(sock), "run", "--state-dir", str(tmp_path / "state"),
+                                "--insecure-key-file", str(tmp_path / "state" / "device.key"), *keys],
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(100):
+            if sock.exists():
+                break
+            time.sleep(0.1)
+        env = {**os.environ, "SEKISHO_SOCKET": str(sock)}
+        proc = subprocess.run([agent, "unlock", "--user", "K20581"], input=f"{KEY_PIN}\n", capture_output=True,
+                              text=True, env=env, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        doc = json.loads(subprocess.run([agent, "status", "--json"], capture_output=True, text=True, env=env,
+                                        timeout=60).stdout)
+        assert doc["state"] == "unlocked" and doc["lease"]["days_left"] >= 13
+    finally:
+        service.send_signal(signal.SIGTERM)
+        _, err = service.communicate(timeout=30)
+    assert service.returncode == 0, err
+    assert not sock.exists()
+    from sekisho.trail import read_file
+
+    last = [e.event for e in read_file(tmp_path / "state" / "trail.jsonl")][-2:]
+    assert last == ["link-down", "lock"]  # the service locks on its way out
+
+
+def test_the_service_refuses_a_state_directory_open_to_others(tmp_path: Path) -> None:
+    laptop = make_laptop(tmp_path / "state")
+    laptop.gate.store.close()
+    laptop.gate.trail.close()
+    (tmp_path / "state").chmod(0o755)
+    agent = str(Path(sys.executable).parent / "sekisho-agent")
+    proc = subprocess.run([agent, "--socket", str(tmp_path / "agent.sock"), "run", "--state-dir",
+                           str(tmp_path / "state"), "--insecure-key-file", str(tmp_path / "state" / "device.key")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "open to other users" in proc.stderr and "chmod 700" in proc.stderr
