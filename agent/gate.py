@@ -243,7 +243,7 @@ class Gate:
                 self._state = self._lockable_state()
                 raise
             except FactorError as exc:
-                self._refused(exc, user_id, kind, limits, possession)
+                self._refused(exc, user_id, getattr(exc, "slot_kind", kind), limits, possession)
                 raise
             limiter.succeeded()
             if unlocked.slot_kind is SlotKind.PIN_TOTP:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sekisho import crypto
-from sekisho.errors import IntegrityError, NoUsableSlot, UserDisabled
+from sekisho.errors import FactorError, IntegrityError, KeyNotFound, NoUsableSlot, UserDisabled
 from sekisho.factors import fido2, pin_totp
 from sekisho.factors.interaction import UserInteraction
 from sekisho.policy import Policy
@@ -127,6 +127,25 @@ def usable_slots(policy: Policy, slots: list[KeySlot]) -> list[KeySlot]:
     ]
 
 
+def _open_first_present(candidates: list[KeySlot], request: OpenRequest) -> tuple[Opened, KeySlot]:
+    """Open the first slot whose device is present, in the policy's order.
+
+    Only an absent key moves on to the next slot; a wrong factor is the answer.
+    """
+    absent: KeyNotFound | None = None
+    for slot in candidates:
+        try:
+            return OPENERS[slot.kind](replace(request, slot=slot)), slot
+        except KeyNotFound as exc:
+            absent = absent or exc
+            log.info("no device for the %s slot; trying the next one", slot.kind.value)
+        except FactorError as exc:
+            exc.slot_kind = slot.kind  # type: ignore[attr-defined]  # for the trail: which slot refused
+            raise
+    assert absent is not None  # noqa: S101 - candidates is never empty here
+    raise absent
+
+
 def unlock(
     store: CredentialStore,
     policy: Policy,
@@ -154,10 +173,9 @@ def unlock(
             raise NoUsableSlot("One-time codes cannot be checked now: the laptop's clock is behind.",
                                advice="Ask IT to correct the clock, or log on with your security key.")
         raise NoUsableSlot("None of this user's enrolled factors is permitted on this laptop.")
-    slot = candidates[0]
-    request = OpenRequest(store=store, policy=policy, user=record, slot=slot, interaction=interaction, now=clock(),
-                          devices=devices or fido2.connected_keys, on_possession=on_possession or (lambda: None))
-    opened = OPENERS[slot.kind](request)
+    opened, slot = _open_first_present(candidates, OpenRequest(
+        store=store, policy=policy, user=record, slot=candidates[0], interaction=interaction, now=clock(),
+        devices=devices or fido2.connected_keys, on_possession=on_possession or (lambda: None)))
     if crypto.x25519_public(opened.identity) != record.identity_public:
         crypto.wipe(opened.identity)
         raise IntegrityError("The slot opened but holds another identity: the store was altered.")

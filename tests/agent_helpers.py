@@ -32,7 +32,7 @@ POLICY = Policy(permitted_slot_kinds=(SlotKind.FIDO2_UV, SlotKind.PIN_FIDO2, Slo
 PASSPHRASE = {"K10234": "mizu no oto ga suru 3", "K30712": "hoshi no furu oka de 9"}
 KEY_PIN = "482916"
 SEED_HEX = "3132333435363738393031323334353637383930"
-for secret in (*PASSPHRASE.values(), KEY_PIN):
+for secret in (*PASSPHRASE.values(), KEY_PIN, "apn-secret-1"):
     remember(secret)
 
 

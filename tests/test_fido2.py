@@ -443,3 +443,28 @@ def test_no_pin_or_key_output_in_reprs_logs_or_errors(tmp_path, store, caplog) -
     for secret in (KEY_PIN.encode(), *outputs, bytes(unlocked.identity_private)):
         for encoding in (secret, secret.hex().encode()):
             assert not any(encoding.decode("latin-1") in t for t in texts)
+
+
+def test_a_user_without_their_key_falls_back_to_their_next_slot(tmp_path, store) -> None:
+    from sekisho import crypto as c
+    from sekisho.factors import pin_totp
+    from sekisho.factors.totp import TotpSeed
+
+    key = new_key(tmp_path, pin=KEY_PIN)
+    private, public = c.x25519_generate()
+    fido_slot = fido2.enrol(key, kind=SlotKind.FIDO2_UV, user_id="K10234", slot_id=1, identity_private=private,
+                            interaction=ScriptedInteraction(pin=[KEY_PIN] * 2), trusted_roots=[key.attestation_root()],
+                            allow_software=True)
+    seed = TotpSeed.generate()
+    totp_slot = pin_totp.enrol(user_id="K10234", slot_id=2, identity_private=private, passphrase=PASSPHRASE,
+                               seed=seed, argon2=FAST_ARGON2)
+    store.put_user(UserRecord(user_id="K10234", display_name="x", identity_public=public), [totp_slot, fido_slot])
+    policy = Policy(permitted_slot_kinds=(SlotKind.FIDO2_UV, SlotKind.PIN_TOTP), argon2=FAST_ARGON2,
+                    allow_software_authenticators=True)
+    unlocked = unlock(store, policy, "K10234", ScriptedInteraction(pin=KEY_PIN), devices=lambda: [key])
+    assert unlocked.slot_kind is SlotKind.FIDO2_UV  # the policy's first choice when the key is there
+    answers = ScriptedInteraction(passphrase=PASSPHRASE, code=seed.code_at(1_800_000_000))
+    unlocked = unlock(store, policy, "K10234", answers, devices=lambda: [], clock=lambda: 1_800_000_000)
+    assert unlocked.slot_kind is SlotKind.PIN_TOTP  # no key: the next permitted slot
+    with pytest.raises(KeyPinInvalid):  # a wrong PIN is the answer, not a reason to try the next slot
+        unlock(store, policy, "K10234", ScriptedInteraction(pin="000000"), devices=lambda: [key])

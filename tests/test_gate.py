@@ -121,7 +121,9 @@ def test_delay_after_five_doubling_and_clock_proof(laptop: Laptop) -> None:
     # Setting the wall clock forward a day does not shorten the delay: it runs on running time.
     laptop.clock.wall_time += 86400
     assert isinstance(fail(laptop, "K10234"), LockedOut)
-    laptop.clock.wall_time -= 86400
+    laptop.clock.wall_time -= 2 * 86400  # nor setting it back
+    assert isinstance(fail(laptop, "K10234"), LockedOut)
+    laptop.clock.wall_time += 86400
     laptop.clock.advance(31)
     assert laptop.gate.state is GateState.LOCKED
     assert isinstance(fail(laptop, "K10234", passphrase="wrong passphrase 12"), AuthenticationFailed)
@@ -376,3 +378,36 @@ def test_status_document_shape(laptop: Laptop) -> None:
     assert laptop.gate.status(details=False)["user"] is None  # details only for who unlocked
     full = laptop.gate.status(details=True)
     assert full["user"]["id"] == "K20581" and "password" not in json.dumps(full)
+
+
+def test_no_secret_in_the_trail_status_errors_or_logs(laptop: Laptop, caplog) -> None:
+    import logging
+
+    from agent.service import error_message
+    from tests.conftest import SECRETS_USED, remember
+
+    caplog.set_level(logging.DEBUG)
+    texts = []
+    laptop.gate.unlock("K10234", laptop.answers("K10234"), uid=0)
+    texts.append(json.dumps(laptop.gate.status(details=True), ensure_ascii=False))
+    laptop.gate.lock()
+    for attempt in (lambda: laptop.gate.unlock("K30712", laptop.answers("K30712", passphrase="hoshi no furu oka de 8")),
+                    lambda: laptop.gate.recover("K20581", "-".join(["000000"] * 8), ScriptedInteraction()),
+                    lambda: laptop.gate.extend(extension_code(laptop, 5, 9, device_id="laptop-0009"))):
+        try:
+            attempt()
+        except Exception as exc:
+            texts.append(json.dumps(error_message(exc), ensure_ascii=False))  # type: ignore[arg-type]
+    code = extension_code(laptop, 5, 1)
+    remember(code)
+    laptop.gate.extend(code)
+    laptop.gate.recover("K20581", laptop.recovery["K20581"][0].code, ScriptedInteraction())
+    texts.append(json.dumps(laptop.gate.status(details=True), ensure_ascii=False))
+    remember("hoshi no furu oka de 8")
+    trail_bytes = b"".join(p.read_bytes() for p in laptop.root.glob("trail.jsonl*"))
+    texts.append(caplog.text)
+    for secret in SECRETS_USED:
+        for encoding in (secret, secret.hex().encode()):
+            if len(encoding) >= 6:
+                assert encoding not in trail_bytes
+                assert not any(encoding.decode("latin-1") in t for t in texts)
