@@ -47,6 +47,13 @@ class LeaseStatus:
         }
 
 
+def renewed(old: dict[str, Any] | None, reading: Reading, *, office_time: float, days: int,
+            max_unlocks: int = 0) -> dict[str, Any]:
+    """The lease record after a renewal (extension numbers stay used)."""
+    return {"start": int(office_time), "start_running": int(reading.running), "end": int(office_time + days * DAY),
+            "max_unlocks": max_unlocks, "unlocks": 0, "ext_seq": (old or {}).get("ext_seq", 0)}
+
+
 class Lease:
     def __init__(self, store: StateStore) -> None:
         self._store = store
@@ -56,9 +63,7 @@ class Lease:
 
     def renew(self, reading: Reading, *, office_time: float, days: int, max_unlocks: int = 0) -> None:
         """At provisioning or check-in: a new lease from the office's time."""
-        self._update(lambda old: {"start": int(office_time), "start_running": int(reading.running),
-                                  "end": int(office_time + days * DAY), "max_unlocks": max_unlocks,
-                                  "unlocks": 0, "ext_seq": old.get("ext_seq", 0)})
+        self._update(lambda old: renewed(old, reading, office_time=office_time, days=days, max_unlocks=max_unlocks))
 
     def status(self, reading: Reading) -> LeaseStatus:
         state = self._store.read_state(None, RECORD)

@@ -11,7 +11,7 @@ import logging
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,6 +145,33 @@ class CredentialStore(SealedDatabase):
             "INSERT INTO slots VALUES (?, ?, ?)",
             [(uidx, s.slot_id, self._seal("slots", self._rk(uidx, s.slot_id), s.to_cbor())) for s in slots],
         )
+
+    def apply(
+        self,
+        *,
+        users: Iterable[ProvisionedUser] = (),
+        remove: Iterable[str] = (),
+        states: Mapping[tuple[str | None, str], Callable[[dict[str, Any] | None], dict[str, Any]]] | None = None,
+    ) -> None:
+        """Install or replace users, remove users and update state records: one transaction.
+
+        Replacing a user keeps their state records (failure counts, TOTP steps); removing
+        one deletes everything of theirs. A removed id that is not here is ignored.
+        """
+        with self._write() as c:
+            for entry in users:
+                self._put_user_in(c, entry.record, entry.slots, replace=True)
+                if entry.grant is not None:
+                    self._put_grant_in(c, entry.grant)
+            for user_id in remove:
+                uidx = self.user_index(user_id)
+                for table in ("users", "slots", "grants", "state"):
+                    c.execute(f"DELETE FROM {table} WHERE uidx = ?", (uidx,))  # noqa: S608 - fixed names
+            for (owner, name), update in (states or {}).items():
+                uidx = self._state_owner(owner)
+                new = update(self._state(c, uidx, name))
+                c.execute("INSERT OR REPLACE INTO state VALUES (?, ?, ?)",
+                          (uidx, name, self._seal("state", self._rk(uidx, name), codec.encode(new))))
 
     def remove_user(self, user_id: str) -> None:
         uidx = self.user_index(user_id)

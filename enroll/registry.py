@@ -1,0 +1,255 @@
+"""The registry on the enrolment station: users, their enrolled slots, roles, devices,
+recovery codes, check-ins and revocations, in one SQLite file (WAL, synchronous=FULL,
+every change one transaction).
+
+No factor secret is kept: a slot holds the user's identity *wrapped* under factors only
+the user has. Slots (a ``pin+totp`` slot carries its TOTP seed), APN passwords, extension
+keys and recovery codes are encrypted under the **station key** (AES-256-GCM, the row's
+table and key as associated data); the station key and IT's signing key come from the
+OS keyring (or, for tests and the demo, plain files that say so).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sekisho import codec, crypto
+from sekisho.errors import SekishoError
+from sekisho.store.keysource import DeviceKeySource
+from sekisho.store.records import KeySlot, UserRecord
+
+APPLICATION_ID = 0x534B5247  # "SKRG"
+FORMAT_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE users (id TEXT PRIMARY KEY, record BLOB NOT NULL, enabled INTEGER NOT NULL, created INTEGER NOT NULL);
+CREATE TABLE slots (user_id TEXT NOT NULL REFERENCES users(id), slot_id INTEGER NOT NULL, kind TEXT NOT NULL,
+                    aaguid TEXT, slot BLOB NOT NULL, created INTEGER NOT NULL, PRIMARY KEY (user_id, slot_id));
+CREATE TABLE roles (name TEXT PRIMARY KEY, apps TEXT NOT NULL, citrix TEXT NOT NULL);
+CREATE TABLE devices (id TEXT PRIMARY KEY, request BLOB NOT NULL, fingerprint TEXT NOT NULL, serial INTEGER NOT NULL,
+                      users TEXT NOT NULL, sim TEXT NOT NULL, secrets BLOB NOT NULL, last_head TEXT,
+                      created INTEGER NOT NULL, last_checkin INTEGER);
+CREATE TABLE recovery (device_id TEXT NOT NULL, user_id TEXT NOT NULL, key_id TEXT NOT NULL, code BLOB NOT NULL,
+                       issued INTEGER, PRIMARY KEY (device_id, user_id, key_id));
+CREATE TABLE checkins (device_id TEXT NOT NULL, at INTEGER NOT NULL, head TEXT NOT NULL, trail BLOB NOT NULL,
+                       anomaly TEXT);
+CREATE TABLE revocations (user_id TEXT NOT NULL, device_id TEXT, at INTEGER NOT NULL, delivered INTEGER);
+"""
+
+
+class RegistryError(SekishoError):
+    """The registry refused or cannot do what was asked."""
+
+
+@dataclass(frozen=True)
+class DeviceRow:
+    device_id: str
+    request: bytes
+    fingerprint: str
+    serial: int
+    users: list[str]
+    sim: dict[str, str]
+    last_head: str | None
+    last_checkin: int | None
+
+
+class Registry:
+    def __init__(self, path: Path, conn: sqlite3.Connection, station_key: bytes | bytearray) -> None:
+        self.path = path
+        self._conn = conn
+        self._key = crypto.hkdf(station_key, salt=b"", info=crypto.label("registry"))
+
+    def __repr__(self) -> str:
+        return f"<Registry {self.path}>"
+
+    @classmethod
+    def create(cls, path: Path, station_keys: DeviceKeySource) -> Registry:
+        path = Path(path)
+        if path.exists():
+            raise RegistryError(f"A registry already exists at {path}.")
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        os.close(fd)
+        key = station_keys.load() or station_keys.create()
+        conn = cls._connect(path)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                conn.execute(statement)
+            check = crypto.aead_encrypt(crypto.hkdf(key, salt=b"", info=crypto.label("registry-check")), b"",
+                                        crypto.label("registry-check"))
+            conn.executemany("INSERT INTO meta VALUES (?, ?)", [("format", str(FORMAT_VERSION)),
+                                                               ("key_check", check.hex())])
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.close()
+            path.unlink(missing_ok=True)
+            raise
+        registry = cls(path, conn, key)
+        crypto.wipe(key)
+        return registry
+
+    @classmethod
+    def open(cls, path: Path, station_keys: DeviceKeySource) -> Registry:
+        path = Path(path)
+        if not path.is_file():
+            raise RegistryError(f"There is no registry at {path}.", advice="Run `sekisho-enroll registry init`.")
+        conn = cls._connect(path)
+        try:
+            if conn.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+                raise RegistryError(f"{path} is not a Sekisho registry.")
+            meta = dict(conn.execute("SELECT name, value FROM meta").fetchall())
+            key = station_keys.require()
+            try:
+                crypto.aead_decrypt(crypto.hkdf(key, salt=b"", info=crypto.label("registry-check")),
+                                    bytes.fromhex(meta["key_check"]), crypto.label("registry-check"))
+            except (crypto.AeadFailure, KeyError, ValueError):
+                raise RegistryError(f"The station key from {station_keys.description} does not open {path}.") from None
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise RegistryError(f"The registry {path} is damaged ({exc}).") from None
+        except BaseException:
+            conn.close()
+            raise
+        registry = cls(path, conn, key)
+        crypto.wipe(key)
+        return registry
+
+    @staticmethod
+    def _connect(path: Path) -> sqlite3.Connection:
+        conn = sqlite3.connect(str(path), isolation_level=None, timeout=10.0)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA secure_delete=ON")
+        conn.execute("PRAGMA foreign_keys=ON")
+        return conn
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise RegistryError(f"The registry is busy ({exc}).") from None
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    # --- sealed fields --------------------------------------------------------------------
+
+    def seal(self, table: str, key: str, data: bytes) -> bytes:
+        return crypto.aead_encrypt(self._key, data, crypto.label("registry", table) + b"/" + key.encode())
+
+    def unseal(self, table: str, key: str, blob: bytes) -> bytes:
+        try:
+            return crypto.aead_decrypt(self._key, blob, crypto.label("registry", table) + b"/" + key.encode())
+        except crypto.AeadFailure:
+            raise RegistryError(f"A {table} record of the registry failed its integrity check.") from None
+
+    # --- users ------------------------------------------------------------------------------
+
+    def add_user(self, record: UserRecord) -> None:
+        with self.transaction() as c:
+            if c.execute("SELECT 1 FROM users WHERE id = ?", (record.user_id,)).fetchone():
+                raise RegistryError(f"Staff id {record.user_id} is already registered.")
+            c.execute("INSERT INTO users VALUES (?, ?, 1, ?)", (record.user_id, record.to_cbor(), int(time.time())))
+
+    def user(self, user_id: str) -> tuple[UserRecord, bool]:
+        row = self._conn.execute("SELECT record, enabled FROM users WHERE id = ?", (user_id,)).fetchone()
+        if row is None:
+            raise RegistryError(f"There is no staff id {user_id} in the registry.")
+        return UserRecord.from_cbor(row[0]), bool(row[1])
+
+    def users(self) -> list[tuple[UserRecord, bool, list[str]]]:
+        out = []
+        for rec, enabled in self._conn.execute("SELECT record, enabled FROM users ORDER BY id").fetchall():
+            record = UserRecord.from_cbor(rec)
+            kinds = [k for (k,) in self._conn.execute("SELECT kind FROM slots WHERE user_id = ? ORDER BY slot_id",
+                                                       (record.user_id,))]
+            out.append((record, bool(enabled), kinds))
+        return out
+
+    def set_enrolment(self, record: UserRecord, slots: list[KeySlot]) -> None:
+        """A user's new identity and slots, replacing the old ones: one transaction."""
+        with self.transaction() as c:
+            c.execute("UPDATE users SET record = ? WHERE id = ?", (record.to_cbor(), record.user_id))
+            c.execute("DELETE FROM slots WHERE user_id = ?", (record.user_id,))
+            for slot in slots:
+                aaguid = slot.params.get("aaguid")
+                c.execute("INSERT INTO slots VALUES (?, ?, ?, ?, ?, ?)", (
+                    record.user_id, slot.slot_id, slot.kind.value, aaguid.hex() if isinstance(aaguid, bytes) else None,
+                    self.seal("slots", f"{record.user_id}/{slot.slot_id}", slot.to_cbor()), int(time.time())))
+
+    def slots(self, user_id: str) -> list[KeySlot]:
+        return [KeySlot.from_cbor(self.unseal("slots", f"{user_id}/{sid}", blob)) for sid, blob in
+                self._conn.execute("SELECT slot_id, slot FROM slots WHERE user_id = ? ORDER BY slot_id", (user_id,))]
+
+    def revoke_slot(self, user_id: str, slot_id: int) -> None:
+        with self.transaction() as c:
+            if c.execute("DELETE FROM slots WHERE user_id = ? AND slot_id = ?", (user_id, slot_id)).rowcount == 0:
+                raise RegistryError(f"{user_id} has no slot {slot_id}.")
+
+    def set_enabled(self, user_id: str, enabled: bool) -> None:
+        with self.transaction() as c:
+            if c.execute("UPDATE users SET enabled = ? WHERE id = ?", (int(enabled), user_id)).rowcount == 0:
+                raise RegistryError(f"There is no staff id {user_id} in the registry.")
+            if not enabled:
+                c.execute("INSERT INTO revocations VALUES (?, NULL, ?, NULL)", (user_id, int(time.time())))
+
+    # --- roles -----------------------------------------------------------------------------
+
+    def set_role(self, name: str, apps: list[str], citrix: dict[str, str]) -> None:
+        with self.transaction() as c:
+            c.execute("INSERT OR REPLACE INTO roles VALUES (?, ?, ?)",
+                      (name, json.dumps(apps, ensure_ascii=False), json.dumps(citrix, ensure_ascii=False)))
+
+    def role(self, name: str) -> tuple[list[str], dict[str, str]]:
+        row = self._conn.execute("SELECT apps, citrix FROM roles WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise RegistryError(f"There is no role {name!r}; define it with `sekisho-enroll role set`.")
+        return json.loads(row[0]), json.loads(row[1])
+
+    # --- devices -----------------------------------------------------------------------------
+
+    def device(self, device_id: str) -> DeviceRow | None:
+        row = self._conn.execute("SELECT id, request, fingerprint, serial, users, sim, last_head, last_checkin "
+                                 "FROM devices WHERE id = ?", (device_id,)).fetchone()
+        if row is None:
+            return None
+        return DeviceRow(device_id=row[0], request=row[1], fingerprint=row[2], serial=row[3],
+                         users=json.loads(row[4]), sim=json.loads(row[5]), last_head=row[6], last_checkin=row[7])
+
+    def device_secrets(self, device_id: str) -> dict[str, Any]:
+        row = self._conn.execute("SELECT secrets FROM devices WHERE id = ?", (device_id,)).fetchone()
+        if row is None:
+            raise RegistryError(f"There is no device {device_id} in the registry.")
+        return codec.decode(self.unseal("devices", device_id, row[0]), what="device secrets")
+
+    def devices(self) -> list[DeviceRow]:
+        ids = [d for (d,) in self._conn.execute("SELECT id FROM devices ORDER BY id")]
+        return [row for d in ids if (row := self.device(d)) is not None]
+
+    def revoked_since(self, device: DeviceRow) -> list[str]:
+        """Users revoked (disabled) after this device's last bundle who are on it."""
+        revoked = {u for (u,) in self._conn.execute("SELECT user_id FROM revocations")}
+        return [u for u in device.users if u in revoked]
