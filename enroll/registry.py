@@ -13,26 +13,24 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sqlite3
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sekisho import codec, crypto
+from sekisho import codec
 from sekisho.errors import SekishoError
 from sekisho.store.keysource import DeviceKeySource
 from sekisho.store.records import KeySlot, UserRecord
+from sekisho.store.sealed import SealedDatabase
 
 APPLICATION_ID = 0x534B5247  # "SKRG"
 FORMAT_VERSION = 1
 
 _SCHEMA = """
-CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE users (id TEXT PRIMARY KEY, record BLOB NOT NULL, enabled INTEGER NOT NULL, created INTEGER NOT NULL);
-CREATE TABLE slots (user_id TEXT NOT NULL REFERENCES users(id), slot_id INTEGER NOT NULL, kind TEXT NOT NULL,
+CREATE TABLE slots (user_id TEXT NOT NULL, slot_id INTEGER NOT NULL, kind TEXT NOT NULL,
                     aaguid TEXT, slot BLOB NOT NULL, created INTEGER NOT NULL, PRIMARY KEY (user_id, slot_id));
 CREATE TABLE roles (name TEXT PRIMARY KEY, apps TEXT NOT NULL, citrix TEXT NOT NULL);
 CREATE TABLE devices (id TEXT PRIMARY KEY, request BLOB NOT NULL, fingerprint TEXT NOT NULL, serial INTEGER NOT NULL,
@@ -62,109 +60,29 @@ class DeviceRow:
     last_checkin: int | None
 
 
-class Registry:
-    def __init__(self, path: Path, conn: sqlite3.Connection, station_key: bytes | bytearray) -> None:
-        self.path = path
-        self._conn = conn
-        self._key = crypto.hkdf(station_key, salt=b"", info=crypto.label("registry"))
+class Registry(SealedDatabase):
+    """The station's registry: a sealed SQLite file whose secret fields are sealed rows."""
 
-    def __repr__(self) -> str:
-        return f"<Registry {self.path}>"
+    WHAT = "registry"
+    APPLICATION_ID = APPLICATION_ID
+    FORMAT_VERSION = FORMAT_VERSION
+    MIGRATIONS = {}  # noqa: RUF012 - none yet
+    SCHEMA = _SCHEMA
+    ROWS_LABEL = "registry"
 
     @classmethod
     def create(cls, path: Path, station_keys: DeviceKeySource) -> Registry:
-        path = Path(path)
-        if path.exists():
-            raise RegistryError(f"A registry already exists at {path}.")
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-        os.close(fd)
-        key = station_keys.load() or station_keys.create()
-        conn = cls._connect(path)
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
-            for statement in filter(str.strip, _SCHEMA.split(";")):
-                conn.execute(statement)
-            check = crypto.aead_encrypt(crypto.hkdf(key, salt=b"", info=crypto.label("registry-check")), b"",
-                                        crypto.label("registry-check"))
-            conn.executemany("INSERT INTO meta VALUES (?, ?)", [("format", str(FORMAT_VERSION)),
-                                                               ("key_check", check.hex())])
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.close()
-            path.unlink(missing_ok=True)
-            raise
-        registry = cls(path, conn, key)
-        crypto.wipe(key)
-        return registry
+        """A new, empty registry; the station key is made in ``station_keys`` if it has none."""
+        return cls._create(path, station_keys, lambda registry: None)
 
-    @classmethod
-    def open(cls, path: Path, station_keys: DeviceKeySource) -> Registry:
-        path = Path(path)
-        if not path.is_file():
-            raise RegistryError(f"There is no registry at {path}.", advice="Run `sekisho-enroll registry init`.")
-        conn = cls._connect(path)
-        try:
-            if conn.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
-                raise RegistryError(f"{path} is not a Sekisho registry.")
-            meta = dict(conn.execute("SELECT name, value FROM meta").fetchall())
-            key = station_keys.require()
-            try:
-                crypto.aead_decrypt(crypto.hkdf(key, salt=b"", info=crypto.label("registry-check")),
-                                    bytes.fromhex(meta["key_check"]), crypto.label("registry-check"))
-            except (crypto.AeadFailure, KeyError, ValueError):
-                raise RegistryError(f"The station key from {station_keys.description} does not open {path}.") from None
-        except sqlite3.DatabaseError as exc:
-            conn.close()
-            raise RegistryError(f"The registry {path} is damaged ({exc}).") from None
-        except BaseException:
-            conn.close()
-            raise
-        registry = cls(path, conn, key)
-        crypto.wipe(key)
-        return registry
-
-    @staticmethod
-    def _connect(path: Path) -> sqlite3.Connection:
-        conn = sqlite3.connect(str(path), isolation_level=None, timeout=10.0)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA secure_delete=ON")
-        conn.execute("PRAGMA foreign_keys=ON")
-        return conn
-
-    def close(self) -> None:
-        self._conn.close()
-
-    def __enter__(self) -> Registry:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        try:
-            self._conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise RegistryError(f"The registry is busy ({exc}).") from None
-        try:
-            yield self._conn
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
-
-    # --- sealed fields --------------------------------------------------------------------
+    def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return self._write()
 
     def seal(self, table: str, key: str, data: bytes) -> bytes:
-        return crypto.aead_encrypt(self._key, data, crypto.label("registry", table) + b"/" + key.encode())
+        return self._seal(table, key, data)
 
     def unseal(self, table: str, key: str, blob: bytes) -> bytes:
-        try:
-            return crypto.aead_decrypt(self._key, blob, crypto.label("registry", table) + b"/" + key.encode())
-        except crypto.AeadFailure:
-            raise RegistryError(f"A {table} record of the registry failed its integrity check.") from None
+        return self._unseal(table, key, blob)
 
     # --- users ------------------------------------------------------------------------------
 
