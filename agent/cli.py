@@ -2,6 +2,7 @@
 
     sekisho-agent run [--state-dir DIR] [--socket PATH]
     sekisho-agent unlock [--user ID] | lock | status [--json] | recover --user ID | extend
+    sekisho-agent device init --it-key IT.pem | install BUNDLE | checkin-request -o FILE
 
 The clients ask for secrets with getpass on a terminal, or read them one per line from
 standard input when it is not one (scripts). Exit codes: 0 done; 1 refused (wrong
@@ -128,20 +129,17 @@ def cli(ctx: click.Context, sock: Path | None, debug: bool) -> None:
 def run(ctx: click.Context, state_dir: Path, key_file: Path | None, insecure_key_file: Path | None,
         soft_keys: tuple[Path, ...]) -> None:
     """Run the service (as root under systemd; see packaging/)."""
-    source: DeviceKeySource
-    if insecure_key_file:
-        source = InsecureFileKeySource(insecure_key_file)
-    elif key_file:
-        source = RootFileKeySource(key_file)
-    else:
-        source = KeyringKeySource("sekisho-device")
+    source = _key_source(key_file, insecure_key_file)
     devices = None
     if soft_keys:
         from sekisho.devices.softkey import SoftKey
 
         keys = [SoftKey.load(p) for p in soft_keys]
         devices = lambda: keys  # noqa: E731
-    service = Service.open(state_dir, source, devices=devices)
+    try:
+        service = Service.open(state_dir, source, devices=devices)
+    except SekishoError as exc:  # the service cannot start: a setup problem, not a refusal
+        raise _Fail(exc.diagnostics(), EXIT_UNUSABLE) from None
     path = ctx.obj["socket"]
     path.parent.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, _interrupt)  # systemd's stop: leave serve() through its finally
@@ -219,6 +217,69 @@ def extend(ctx: click.Context) -> None:
     click.echo(f"Extended until {result['status']['lease']['end']}.")
 
 
+def _key_source(key_file: Path | None, insecure_key_file: Path | None) -> DeviceKeySource:
+    if insecure_key_file:
+        return InsecureFileKeySource(insecure_key_file)
+    if key_file:
+        return RootFileKeySource(key_file)
+    return KeyringKeySource("sekisho-device")
+
+
+def _state_options(f: Any) -> Any:
+    f = click.option("--state-dir", type=click.Path(path_type=Path), default=DEFAULT_STATE, show_default=True)(f)
+    f = click.option("--key-file", type=click.Path(path_type=Path), help="A root-only device key file.")(f)
+    return click.option("--insecure-key-file", type=click.Path(path_type=Path), hidden=True)(f)
+
+
+@cli.group("device")
+def device_group() -> None:
+    """This laptop's provisioning and check-in (as administrator)."""
+
+
+@device_group.command("init")
+@_state_options
+@click.option("--it-key", type=click.Path(exists=True, path_type=Path), required=True,
+              help="IT's public key (PEM), pinned from now on.")
+@click.option("--device-id", help="The laptop's id (default: a new UUID).")
+def device_init(state_dir: Path, key_file: Path | None, insecure_key_file: Path | None, it_key: Path,
+                device_id: str | None) -> None:
+    """Create this laptop's store, trail and identity; write the request for IT."""
+    from agent import device
+
+    request = device.init(state_dir, _key_source(key_file, insecure_key_file), it_key.read_bytes(),
+                          device_id=device_id)
+    click.echo(f"Laptop {request.device_id} initialised. Request: {state_dir / 'device-request.json'}")
+    click.echo(f"Fingerprint for IT to confirm:  {request.fingerprint}")
+
+
+@device_group.command("install")
+@_state_options
+@click.argument("bundle", type=click.Path(exists=True, path_type=Path))
+def device_install(state_dir: Path, key_file: Path | None, insecure_key_file: Path | None, bundle: Path) -> None:
+    """Verify and install a provisioning bundle or a check-in renewal."""
+    from agent import device
+
+    done = device.install(state_dir, _key_source(key_file, insecure_key_file), bundle.read_bytes())
+    click.echo(f"Installed {done.kind} #{done.serial}: {done.users} users, {done.removed} removed.")
+
+
+device_group.add_command(device_install, name="checkin-apply")
+
+
+@device_group.command("checkin-request")
+@_state_options
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
+def device_checkin_request(state_dir: Path, key_file: Path | None, insecure_key_file: Path | None,
+                           output: Path) -> None:
+    """Write the trail and its head for the office."""
+    from agent import device
+    from sekisho.files import atomic_write
+
+    request = device.checkin_request(state_dir, _key_source(key_file, insecure_key_file))
+    atomic_write(output, request.to_bytes(), mode=0o600)
+    click.echo(f"Check-in request (head {request.head}): {output}")
+
+
 def _exit(message: str, code: int) -> NoReturn:
     click.echo(f"sekisho-agent: {message}", err=True)
     sys.exit(code)
@@ -238,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> Any:
     except _Fail as exc:
         _exit(str(exc), exc.code)
     except SekishoError as exc:
-        _exit(exc.diagnostics(), EXIT_UNUSABLE)
+        _exit(exc.diagnostics(), EXIT_REFUSED)
     except Exception:
         if "--debug" in args:
             raise

@@ -203,6 +203,12 @@ def ed25519_generate() -> tuple[bytearray, bytes]:
     return _raw_pair(Ed25519PrivateKey.generate())
 
 
+def ed25519_public_of(private_raw: bytes | bytearray) -> bytes:
+    """The public key of a raw Ed25519 private key."""
+    return Ed25519PrivateKey.from_private_bytes(bytes(private_raw)).public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
 def ed25519_sign(private_raw: bytes | bytearray, message: bytes) -> bytes:
     return Ed25519PrivateKey.from_private_bytes(bytes(private_raw)).sign(message)
 

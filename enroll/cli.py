@@ -1,0 +1,459 @@
+"""``sekisho-enroll``: IT's station — registry, policy, users, roles, laptops.
+
+    sekisho-enroll registry init | info | backup DEST
+    sekisho-enroll policy keygen | sign POLICY.toml | check POLICY.toml
+    sekisho-enroll role set NAME --app APP... --citrix-store URL
+    sekisho-enroll user add ID --name NAME [--kana KANA] [--department D] [--role R]...
+    sekisho-enroll user enrol ID --slot KIND... [--soft-key FILE] [--totp-seed BASE32]
+    sekisho-enroll user list | show ID | disable ID | enable ID
+    sekisho-enroll device provision REQUEST --user ID... --confirm FINGERPRINT --iccid … --apn … -o BUNDLE
+    sekisho-enroll device checkin REQUEST -o RENEWAL [--accept-anomaly]
+    sekisho-enroll device list
+
+Keys: IT's signing key and the station key live in the OS keyring (``--keys-dir`` uses plain
+files instead: tests and the demo only). Secrets (passphrases, the APN password, a TOTP
+code) are asked with getpass, or read one per line from piped standard input.
+Exit codes: 0 done; 1 refused; 2 could not run.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import sqlite3
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from enroll import office
+from enroll.registry import Registry
+from sekisho import crypto
+from sekisho.bundle import DeviceRequest
+from sekisho.errors import SekishoError
+from sekisho.factors.interaction import Prompt, UserInteraction
+from sekisho.factors.totp import TotpSeed, matching_step
+from sekisho.files import atomic_write
+from sekisho.policy import load_policy_file, parse_policy, sign_policy
+from sekisho.store.keysource import DeviceKeySource, InsecureFileKeySource, KeyringKeySource
+from sekisho.store.records import SlotKind, UserRecord
+
+EXIT_REFUSED = 1
+EXIT_UNUSABLE = 2
+
+
+def _secret(label: str) -> str:
+    if sys.stdin.isatty():
+        return getpass.getpass(f"{label}: ")
+    line = sys.stdin.readline()
+    if not line:
+        raise click.UsageError(f"{label}: nothing on standard input.")
+    return line.rstrip("\r\n")
+
+
+class TerminalInteraction(UserInteraction):
+    """The person at the station, through the terminal (or piped answers)."""
+
+    def request_pin(self, prompt: Prompt) -> str:
+        return _secret("Security key PIN")
+
+    def request_passphrase(self, prompt: Prompt) -> str:
+        return _secret("Passphrase")
+
+    def prompt_touch(self, prompt: Prompt) -> None:
+        click.echo("Touch the security key.", err=True)
+
+    def prompt_fingerprint(self, prompt: Prompt) -> None:
+        click.echo("Place your finger on the key's sensor.", err=True)
+
+
+class Station:
+    def __init__(self, registry_path: Path, keys_dir: Path | None) -> None:
+        self.registry_path = registry_path
+        self.keys_dir = keys_dir
+
+    def _source(self, name: str) -> DeviceKeySource:
+        if self.keys_dir is not None:
+            return InsecureFileKeySource(self.keys_dir / f"{name}.key")
+        return KeyringKeySource(f"sekisho-{name}")
+
+    @property
+    def station_keys(self) -> DeviceKeySource:
+        return self._source("station")
+
+    @property
+    def it_keys(self) -> DeviceKeySource:
+        return self._source("it")
+
+    def registry(self) -> Registry:
+        return Registry.open(self.registry_path, self.station_keys)
+
+    def it_private(self) -> bytearray:
+        return self.it_keys.require()
+
+    def it_public(self) -> bytes:
+        private = self.it_private()
+        try:
+            return crypto.ed25519_public_of(private)
+        finally:
+            crypto.wipe(private)
+
+    def signed_policy(self, path: Path) -> office.SignedPolicy:
+        policy_path = Path(path)
+        load_policy_file(policy_path, self.it_public())  # refuses an unsigned or wrongly signed policy
+        return office.SignedPolicy(policy_path.read_bytes(), policy_path.with_name(policy_path.name + ".sig")
+                                   .read_bytes(), self.it_public())
+
+
+@click.group()
+@click.option("--registry", "registry_path", type=click.Path(path_type=Path), envvar="SEKISHO_REGISTRY",
+              default="registry.db", show_default=True)
+@click.option("--keys-dir", type=click.Path(path_type=Path), envvar="SEKISHO_KEYS_DIR",
+              help="Plain key files instead of the keyring (tests and the demo only).")
+@click.option("--debug", is_flag=True)
+@click.version_option(package_name="sekisho")
+@click.pass_context
+def cli(ctx: click.Context, registry_path: Path, keys_dir: Path | None, debug: bool) -> None:
+    """Sekisho's enrolment station."""
+    ctx.obj = Station(registry_path, keys_dir)
+
+
+# --- registry ---------------------------------------------------------------------------------
+
+
+@cli.group()
+def registry() -> None:
+    """The station's registry."""
+
+
+@registry.command("init")
+@click.pass_obj
+def registry_init(station: Station) -> None:
+    Registry.create(station.registry_path, station.station_keys).close()
+    click.echo(f"Registry created at {station.registry_path}.")
+
+
+@registry.command("info")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def registry_info(station: Station, as_json: bool) -> None:
+    with station.registry() as reg:
+        info = {"path": str(station.registry_path), "users": len(reg.users()), "devices": len(reg.devices())}
+    click.echo(json.dumps(info) if as_json else "\n".join(f"{k:8} {v}" for k, v in info.items()))
+
+
+@registry.command("backup")
+@click.argument("dest", type=click.Path(path_type=Path))
+@click.pass_obj
+def registry_backup(station: Station, dest: Path) -> None:
+    """A consistent copy (SQLite's online backup), written atomically; still sealed."""
+    if dest.exists():
+        raise click.UsageError(f"{dest} exists; choose a new file.")
+    tmp = dest.with_name(dest.name + ".partial")
+    with station.registry() as reg:
+        target = sqlite3.connect(tmp)
+        try:
+            reg._conn.backup(target)
+        finally:
+            target.close()
+    tmp.replace(dest)
+    click.echo(f"Backed up to {dest} (it needs the station key to open).")
+
+
+# --- policy ---------------------------------------------------------------------------------
+
+
+@cli.group()
+def policy() -> None:
+    """IT's signing key and the signed policy."""
+
+
+@policy.command("keygen")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default="it-public.pem", show_default=True)
+@click.pass_obj
+def policy_keygen(station: Station, output: Path) -> None:
+    """Make IT's Ed25519 key (kept in the keyring) and export its public half as PEM."""
+    if station.it_keys.load() is not None:
+        raise click.UsageError("IT's key already exists; rotation is announced in a renewal (docs/provisioning.md).")
+    crypto.wipe(station.it_keys.create())
+    atomic_write(output, crypto.public_key_pem(station.it_public()).encode(), mode=0o644)
+    click.echo(f"IT key {crypto.key_fingerprint(station.it_public())}; public key in {output}.")
+
+
+@policy.command("sign")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.pass_obj
+def policy_sign(station: Station, path: Path) -> None:
+    text = path.read_bytes()
+    private = station.it_private()
+    try:
+        signature = sign_policy(text, private)
+    finally:
+        crypto.wipe(private)
+    atomic_write(path.with_name(path.name + ".sig"), signature, mode=0o644)
+    click.echo(f"Signed: {path.name}.sig")
+
+
+@policy.command("check")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.pass_obj
+def policy_check(station: Station, path: Path) -> None:
+    """Check the schema and values (and the signature, if there is one)."""
+    parsed = parse_policy(path.read_bytes())
+    if path.with_name(path.name + ".sig").exists():
+        load_policy_file(path, station.it_public())
+        click.echo("Signature: valid (IT's key).")
+    for name, value in vars(parsed).items():
+        click.echo(f"  {name:32} {value}")
+
+
+# --- roles and users -------------------------------------------------------------------------------
+
+
+@cli.group()
+def role() -> None:
+    """Roles: which apps (and Citrix store) a duty needs."""
+
+
+@role.command("set")
+@click.argument("name")
+@click.option("--app", "apps", multiple=True, required=True)
+@click.option("--citrix-store", required=True)
+@click.pass_obj
+def role_set(station: Station, name: str, apps: tuple[str, ...], citrix_store: str) -> None:
+    with station.registry() as reg:
+        reg.set_role(name, list(apps), {"store_url": citrix_store})
+    click.echo(f"Role {name}: {', '.join(apps)}")
+
+
+@cli.group()
+def user() -> None:
+    """Staff: add, enrol (the user present), list, disable."""
+
+
+@user.command("add")
+@click.argument("user_id")
+@click.option("--name", required=True)
+@click.option("--kana", default="")
+@click.option("--department", default="")
+@click.option("--role", "roles", multiple=True)
+@click.pass_obj
+def user_add(station: Station, user_id: str, name: str, kana: str, department: str, roles: tuple[str, ...]) -> None:
+    with station.registry() as reg:
+        reg.add_user(UserRecord(user_id=user_id, display_name=name, kana=kana, department=department, roles=roles,
+                                identity_public=bytes(32)))
+    click.echo(f"Added {user_id} {name}.")
+
+
+@user.command("enrol")
+@click.argument("user_id")
+@click.option("--slot", "slots", multiple=True, required=True, type=click.Choice(["fido2-uv", "pin+fido2", "pin+totp"]))
+@click.option("--policy", "policy_path", type=click.Path(exists=True, path_type=Path), default="policy.toml",
+              show_default=True)
+@click.option("--soft-key", type=click.Path(exists=True, path_type=Path), help="A software key (tests, demo).")
+@click.option("--trusted-root", "roots", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="An attestation root certificate (DER or PEM) of an approved key maker.")
+@click.option("--totp-seed", help="A hardware token's seed (base32); else one is generated and shown as a QR code.")
+@click.pass_obj
+def user_enrol(station: Station, user_id: str, slots: tuple[str, ...], policy_path: Path, soft_key: Path | None,
+               roots: tuple[Path, ...], totp_seed: str | None) -> None:
+    """Enrol the user's factors (they are at the station); replaces earlier slots."""
+    from fido2.ctap import CtapDevice
+
+    signed = station.signed_policy(policy_path)
+    kinds = [SlotKind(s) for s in slots]
+    device: CtapDevice | None = None
+    trusted = [_load_cert(p) for p in roots]
+    if any(k in (SlotKind.FIDO2_UV, SlotKind.PIN_FIDO2) for k in kinds):
+        if soft_key:
+            from sekisho.devices.softkey import SoftKey
+
+            key = SoftKey.load(soft_key)
+            device, trusted = key, [*trusted, key.attestation_root()]
+        else:
+            from sekisho.factors.fido2 import connected_keys
+
+            found = connected_keys()
+            if not found:
+                raise click.UsageError("No security key is connected.")
+            device = found[0]
+    passphrase = None
+    if any(k.uses_passphrase for k in kinds):
+        passphrase = _secret("New passphrase (10 characters or more)")
+        if _secret("The same passphrase again") != passphrase:
+            raise click.UsageError("The two passphrases differ.")
+    seed = None
+    if SlotKind.PIN_TOTP in kinds:
+        seed = TotpSeed.from_base32(totp_seed) if totp_seed else TotpSeed.generate()
+        if not totp_seed:
+            _show_qr(seed, user_id)
+        code = _secret("The code the app shows now")
+        if matching_step(seed, code, time.time(), drift=1) is None:
+            raise click.UsageError("That code does not match: scan the QR code again.")
+    requests = [office.SlotRequest(kind=k, device=device, totp_seed=seed) for k in kinds]
+    with station.registry() as reg:
+        made = office.enrol_user(reg, user_id, requests, policy=signed.policy, interaction=TerminalInteraction(),
+                                 trusted_roots=trusted, passphrase=passphrase)
+    click.echo(f"Enrolled {user_id}: {', '.join(s.kind.value for s in made)}.")
+
+
+def _load_cert(path: Path) -> bytes:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    data = path.read_bytes()
+    cert = x509.load_pem_x509_certificate(data) if data.startswith(b"-----") else x509.load_der_x509_certificate(data)
+    return cert.public_bytes(Encoding.DER)
+
+
+def _show_qr(seed: TotpSeed, user_id: str) -> None:
+    import segno
+
+    segno.make(seed.provisioning_uri(account=user_id)).terminal(out=sys.stderr, compact=True)
+
+
+@user.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def user_list(station: Station, as_json: bool) -> None:
+    with station.registry() as reg:
+        rows: list[dict[str, Any]] = [
+            {"id": r.user_id, "name": r.display_name, "department": r.department, "roles": list(r.roles),
+             "enabled": enabled, "slots": kinds} for r, enabled, kinds in reg.users()]
+    if as_json:
+        click.echo(json.dumps(rows, ensure_ascii=False))
+        return
+    for row in rows:
+        click.echo(f"{row['id']:10} {row['name']:12} {'' if row['enabled'] else '(disabled) '}"
+                   f"{', '.join(row['slots']) or '(not enrolled)'}")
+
+
+@user.command("disable")
+@click.argument("user_id")
+@click.option("--yes", is_flag=True, help="Do not ask.")
+@click.pass_obj
+def user_disable(station: Station, user_id: str, yes: bool) -> None:
+    """Revoke: the user is removed from every laptop at its next check-in."""
+    if not yes and not click.confirm(f"Disable {user_id} on every laptop?", err=True):
+        raise click.exceptions.Abort
+    with station.registry() as reg:
+        reg.set_enabled(user_id, False)
+    click.echo(f"{user_id} disabled; laptops drop them at check-in.")
+
+
+@user.command("enable")
+@click.argument("user_id")
+@click.pass_obj
+def user_enable(station: Station, user_id: str) -> None:
+    with station.registry() as reg:
+        reg.set_enabled(user_id, True)
+    click.echo(f"{user_id} enabled.")
+
+
+# --- devices ---------------------------------------------------------------------------------------
+
+
+@cli.group("device")
+def device_group() -> None:
+    """Laptops: provision and check in."""
+
+
+@device_group.command("provision")
+@click.argument("request", type=click.Path(exists=True, path_type=Path))
+@click.option("--user", "users", multiple=True, required=True)
+@click.option("--confirm", "confirmed", help="The fingerprint the laptop shows (asked if not given).")
+@click.option("--iccid", required=True)
+@click.option("--apn", required=True)
+@click.option("--apn-user", required=True)
+@click.option("--policy", "policy_path", type=click.Path(exists=True, path_type=Path), default="policy.toml")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
+@click.pass_obj
+def device_provision(station: Station, request: Path, users: tuple[str, ...], confirmed: str | None, iccid: str,
+                     apn: str, apn_user: str, policy_path: Path, output: Path) -> None:
+    """A bundle for the laptop that wrote REQUEST (after IT confirms its fingerprint)."""
+    data = request.read_bytes()
+    parsed = DeviceRequest.from_bytes(data)
+    if confirmed is None:
+        click.echo(f"Laptop {parsed.device_id} ({parsed.host}). Compare with the laptop's screen.", err=True)
+        confirmed = click.prompt("Fingerprint shown on the laptop", err=True) if sys.stdin.isatty() else \
+            sys.stdin.readline().strip()
+    sim = office.Sim(iccid=iccid, apn=apn, apn_user=apn_user, apn_password=_secret("APN password"))
+    signed = station.signed_policy(policy_path)
+    private = station.it_private()
+    try:
+        with station.registry() as reg:
+            bundle = office.provision(reg, data, confirmed_fingerprint=confirmed, users=list(users), sim=sim,
+                                      signed_policy=signed, it_private=private)
+    finally:
+        crypto.wipe(private)
+    atomic_write(output, bundle, mode=0o600)
+    click.echo(f"Bundle for {parsed.device_id} with {len(users)} users: {output}")
+
+
+@device_group.command("checkin")
+@click.argument("request", type=click.Path(exists=True, path_type=Path))
+@click.option("--policy", "policy_path", type=click.Path(exists=True, path_type=Path), default="policy.toml")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
+@click.option("--accept-anomaly", is_flag=True, help="Renew although the trail does not verify (after an inquiry).")
+@click.pass_obj
+def device_checkin(station: Station, request: Path, policy_path: Path, output: Path, accept_anomaly: bool) -> None:
+    """Verify the laptop's trail, store it, and write its renewal."""
+    signed = station.signed_policy(policy_path)
+    private = station.it_private()
+    try:
+        with station.registry() as reg:
+            result = office.checkin(reg, request.read_bytes(), signed_policy=signed, it_private=private,
+                                    accept_anomaly=accept_anomaly)
+    finally:
+        crypto.wipe(private)
+    atomic_write(output, result.renewal, mode=0o600)
+    if result.anomaly:
+        click.echo(f"WARNING: the trail did not verify ({result.anomaly}); renewed on request.", err=True)
+    click.echo(f"Trail stored ({result.entries} entries, head {result.head}); renewal: {output}"
+               + (f"; removes {', '.join(result.removed)}" if result.removed else ""))
+
+
+@device_group.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def device_list(station: Station, as_json: bool) -> None:
+    with station.registry() as reg:
+        rows: list[dict[str, Any]] = [
+            {"id": d.device_id, "fingerprint": d.fingerprint, "serial": d.serial, "users": d.users,
+             "last_head": d.last_head, "last_checkin": d.last_checkin, **d.sim} for d in reg.devices()]
+    if as_json:
+        click.echo(json.dumps(rows, ensure_ascii=False))
+        return
+    for row in rows:
+        click.echo(f"{row['id']}  serial {row['serial']}  users {', '.join(row['users'])}  head {row['last_head']}")
+
+
+def _exit(message: str, code: int) -> NoReturn:
+    click.echo(f"sekisho-enroll: {message}", err=True)
+    sys.exit(code)
+
+
+def main(argv: Sequence[str] | None = None) -> Any:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return cli.main(args=args, prog_name="sekisho-enroll", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_UNUSABLE)
+    except click.exceptions.Abort:
+        _exit("cancelled; nothing changed.", EXIT_UNUSABLE)
+    except SekishoError as exc:
+        _exit(exc.diagnostics(), EXIT_REFUSED)
+    except Exception:
+        if "--debug" in args:
+            raise
+        _exit("unexpected error (run again with --debug for details).", EXIT_UNUSABLE)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""`sekisho-enroll` and `sekisho-agent device …` as IT and a laptop administrator run them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from agent.service import Service
+from sekisho.devices.softkey import SoftKey
+from sekisho.factors.interaction import ScriptedInteraction
+from sekisho.factors.totp import TotpSeed
+from sekisho.policy import Policy
+from sekisho.store.keysource import InsecureFileKeySource
+from sekisho.store.records import SlotKind
+from tests.conftest import FAST_ARGON2, remember
+
+BIN = Path(sys.executable).parent
+PASSPHRASE = "aki no sora ni kumo 6"
+SEED = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
+remember(PASSPHRASE)
+
+
+def run(cwd: Path, tool: str, *args: str, stdin: str = "", ok: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SEKISHO_KEYS_DIR": str(cwd / "keys"), "SEKISHO_REGISTRY": str(cwd / "registry.db")}
+    proc = subprocess.run([str(BIN / tool), *args], cwd=cwd, input=stdin, capture_output=True, text=True, env=env,
+                          timeout=120)
+    if ok:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    return proc
+
+
+def test_station_and_laptop_through_their_commands(tmp_path: Path) -> None:
+    office, laptop = tmp_path / "office", tmp_path / "laptop"
+    office.mkdir()
+    (office / "keys").mkdir()
+    run(office, "sekisho-enroll", "registry", "init")
+    run(office, "sekisho-enroll", "policy", "keygen", "-o", "it-public.pem")
+    policy = Policy(permitted_slot_kinds=(SlotKind.FIDO2_UV, SlotKind.PIN_TOTP), argon2=FAST_ARGON2,
+                    allow_software_authenticators=True)
+    (office / "policy.toml").write_text(policy.to_toml())
+    run(office, "sekisho-enroll", "policy", "sign", "policy.toml")
+    assert "Signature: valid" in run(office, "sekisho-enroll", "policy", "check", "policy.toml").stdout
+    run(office, "sekisho-enroll", "role", "set", "madoguchi", "--app", "証明書交付", "--citrix-store",
+        "https://citrix.city.lg.jp/")
+    run(office, "sekisho-enroll", "user", "add", "K30712", "--name", "鈴木 花子", "--role", "madoguchi")
+    run(office, "sekisho-enroll", "user", "add", "K10234", "--name", "佐藤 美咲", "--role", "madoguchi")
+    SoftKey.create(office / "finger.json", fingerprint=True)
+    run(office, "sekisho-enroll", "user", "enrol", "K30712", "--slot", "fido2-uv", "--soft-key", "finger.json")
+    code = TotpSeed.from_base32(SEED).code_at(__import__("time").time())
+    run(office, "sekisho-enroll", "user", "enrol", "K10234", "--slot", "pin+totp", "--totp-seed", SEED,
+        stdin=f"{PASSPHRASE}\n{PASSPHRASE}\n{code}\n")
+    users = json.loads(run(office, "sekisho-enroll", "user", "list", "--json").stdout)
+    assert {u["id"]: u["slots"] for u in users} == {"K10234": ["pin+totp"], "K30712": ["fido2-uv"]}
+
+    out = run(tmp_path, "sekisho-agent", "device", "init", "--state-dir", str(laptop), "--insecure-key-file",
+              str(tmp_path / "laptop.key"), "--it-key", str(office / "it-public.pem")).stdout
+    fingerprint = out.split("confirm:")[1].strip()
+    refused = run(office, "sekisho-enroll", "device", "provision", str(laptop / "device-request.json"), "--user",
+                  "K30712", "--confirm", "0000-0000-0000-0000-0000", "--iccid", "8981", "--apn", "closed.lg.jp",
+                  "--apn-user", "u", "-o", "bundle.json", stdin="apn-pass-1\n", ok=False)
+    assert refused.returncode == 1 and "fingerprint" in refused.stderr
+    run(office, "sekisho-enroll", "device", "provision", str(laptop / "device-request.json"), "--user", "K30712",
+        "--user", "K10234", "--confirm", fingerprint, "--iccid", "8981", "--apn", "closed.lg.jp", "--apn-user", "u",
+        "-o", "bundle.json", stdin="apn-pass-1\n")
+    installed = run(tmp_path, "sekisho-agent", "device", "install", "--state-dir", str(laptop), "--insecure-key-file",
+                    str(tmp_path / "laptop.key"), str(office / "bundle.json")).stdout
+    assert "2 users" in installed
+    again = run(tmp_path, "sekisho-agent", "device", "install", "--state-dir", str(laptop), "--insecure-key-file",
+                str(tmp_path / "laptop.key"), str(office / "bundle.json"), ok=False)
+    assert again.returncode == 1 and "not newer" in again.stderr
+
+    key = SoftKey.load(office / "finger.json")  # as the enrolment left it
+    service = Service.open(laptop, InsecureFileKeySource(tmp_path / "laptop.key"), devices=lambda: [key])
+    assert service.gate.unlock("K30712", ScriptedInteraction()).grant.apps == ("証明書交付",)
+    service.close()
+
+    run(office, "sekisho-enroll", "user", "disable", "K30712", "--yes")
+    run(tmp_path, "sekisho-agent", "device", "checkin-request", "--state-dir", str(laptop), "--insecure-key-file",
+        str(tmp_path / "laptop.key"), "-o", str(office / "checkin.json"))
+    result = run(office, "sekisho-enroll", "device", "checkin", "checkin.json", "-o", "renewal.json").stdout
+    assert "removes K30712" in result
+    run(tmp_path, "sekisho-agent", "device", "checkin-apply", "--state-dir", str(laptop), "--insecure-key-file",
+        str(tmp_path / "laptop.key"), str(office / "renewal.json"))
+    devices = json.loads(run(office, "sekisho-enroll", "device", "list", "--json").stdout)
+    assert devices[0]["serial"] == 2 and devices[0]["users"] == ["K10234"] and devices[0]["last_head"]
+    run(office, "sekisho-enroll", "registry", "backup", "backup.db")
+    assert (office / "backup.db").stat().st_size > 0
