@@ -13,10 +13,11 @@ import json
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
+from enroll.commands import Fail, run
 from sekisho import crypto, files
 from sekisho.errors import SekishoError, TrailInvalid
 from sekisho.trail import EventType, Head, TrailEntry, read_file, verify_entries, verify_files
@@ -28,21 +29,15 @@ EXIT_INVALID = 1
 EXIT_UNUSABLE = 2
 
 
-class _Fail(Exception):
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
-
-
 def _load_root(path: Path) -> bytes:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise _Fail(f"The trail root {path} cannot be read: {exc.strerror}.", EXIT_UNUSABLE) from None
+        raise Fail(f"The trail root {path} cannot be read: {exc.strerror}.", EXIT_UNUSABLE) from None
     try:
         return crypto.public_key_from_pem(data, what=str(path))
     except SekishoError as exc:
-        raise _Fail(f"The trail root {exc} (expected the PEM the laptop exported at provisioning).",
+        raise Fail(f"The trail root {exc} (expected the PEM the laptop exported at provisioning).",
                     EXIT_UNUSABLE) from None
 
 
@@ -52,7 +47,7 @@ def _parse_head(text: str | None) -> Head | None:
     try:
         return Head.parse(text)
     except SekishoError as exc:
-        raise _Fail(f"--head: {exc}.", EXIT_UNUSABLE) from None
+        raise Fail(f"--head: {exc}.", EXIT_UNUSABLE) from None
 
 
 def _utc(text: str | None, option: str) -> str | None:
@@ -62,7 +57,7 @@ def _utc(text: str | None, option: str) -> str | None:
     try:
         when = dt.datetime.fromisoformat(text)
     except ValueError:
-        raise _Fail(f"{option}: {text!r} is not a date or time (e.g. 2026-12-01 or 2026-12-01T09:00+09:00).",
+        raise Fail(f"{option}: {text!r} is not a date or time (e.g. 2026-12-01 or 2026-12-01T09:00+09:00).",
                     EXIT_UNUSABLE) from None
     if when.tzinfo is None:
         when = when.astimezone()
@@ -157,7 +152,7 @@ def export(trail: Path, output: Path, fmt: str, since: str | None, until: str | 
     try:
         files.atomic_write(output, buffer.getvalue(), mode=0o640)
     except OSError as exc:
-        raise _Fail(f"The export cannot be written to {output}: {exc.strerror}.", EXIT_UNUSABLE) from None
+        raise Fail(f"The export cannot be written to {output}: {exc.strerror}.", EXIT_UNUSABLE) from None
     click.echo(f"{count} entries exported to {output} ({fmt}).", err=True)
 
 
@@ -183,35 +178,9 @@ def show(trail: Path, user: str, count: int, as_json: bool) -> None:
         click.echo(text_line(entry))
 
 
-def _exit(message: str, code: int) -> NoReturn:
-    click.echo(f"sekisho-audit: {message}", err=True)
-    sys.exit(code)
-
-
 def main(argv: Sequence[str] | None = None) -> Any:
     """Entry point; maps errors to a message and an exit code (no traceback)."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    try:
-        return cli.main(args=args, prog_name="sekisho-audit", standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(EXIT_UNUSABLE)
-    except click.exceptions.Abort:
-        _exit("aborted.", EXIT_UNUSABLE)
-    except _Fail as exc:
-        _exit(str(exc), exc.code)
-    except TrailInvalid as exc:
-        _exit(f"INVALID: {exc}", EXIT_INVALID)
-    except SekishoError as exc:
-        _exit(exc.diagnostics(), EXIT_UNUSABLE)
-    except BrokenPipeError:
-        sys.exit(0)
-    except Exception:
-        if "--debug" in args:
-            raise
-        _exit("unexpected error (run again with --debug for details).", EXIT_UNUSABLE)
+    return run(cli, "sekisho-audit", argv, codes=[(TrailInvalid, EXIT_INVALID), (SekishoError, EXIT_UNUSABLE)])
 
 
 if __name__ == "__main__":

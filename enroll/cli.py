@@ -25,24 +25,21 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
 from enroll import office
+from enroll.commands import run
 from enroll.registry import Registry
 from sekisho import crypto
 from sekisho.bundle import DeviceRequest
-from sekisho.errors import SekishoError
 from sekisho.factors.interaction import Prompt, UserInteraction
 from sekisho.factors.totp import TotpSeed, matching_step
 from sekisho.files import atomic_write
 from sekisho.policy import load_policy_file, parse_policy, sign_policy
 from sekisho.store.keysource import DeviceKeySource, InsecureFileKeySource, KeyringKeySource
 from sekisho.store.records import SlotKind, UserRecord
-
-EXIT_REFUSED = 1
-EXIT_UNUSABLE = 2
 
 
 def _secret(label: str) -> str:
@@ -431,28 +428,8 @@ def device_list(station: Station, as_json: bool) -> None:
         click.echo(f"{row['id']}  serial {row['serial']}  users {', '.join(row['users'])}  head {row['last_head']}")
 
 
-def _exit(message: str, code: int) -> NoReturn:
-    click.echo(f"sekisho-enroll: {message}", err=True)
-    sys.exit(code)
-
-
 def main(argv: Sequence[str] | None = None) -> Any:
-    args = list(sys.argv[1:] if argv is None else argv)
-    try:
-        return cli.main(args=args, prog_name="sekisho-enroll", standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(EXIT_UNUSABLE)
-    except click.exceptions.Abort:
-        _exit("cancelled; nothing changed.", EXIT_UNUSABLE)
-    except SekishoError as exc:
-        _exit(exc.diagnostics(), EXIT_REFUSED)
-    except Exception:
-        if "--debug" in args:
-            raise
-        _exit("unexpected error (run again with --debug for details).", EXIT_UNUSABLE)
+    return run(cli, "sekisho-enroll", argv)
 
 
 if __name__ == "__main__":
