@@ -18,7 +18,7 @@ DEBIAN_CHECK    := oathtool gnome-keyring-daemon dbus-run-session dbus-send open
 help:
 	@echo "make demo   - end-to-end run on embedded defaults and software devices (output in $(DEMO_OUT)/)"
 	@echo "make test   - lint, type check and the whole test suite"
-	@echo "make bench  - bench/unlock.py --json and bench/trail.py --json"
+	@echo "make bench  - bench/unlock.py, bench/trail.py and bench/provision.py (--json)"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -56,6 +56,7 @@ test: lint typecheck unit
 bench: $(STAMP)
 	$(PY) bench/unlock.py --json
 	$(PY) bench/trail.py --json
+	$(PY) bench/provision.py --json
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .mypy_cache .ruff_cache .pytest_cache .hypothesis
