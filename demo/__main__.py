@@ -32,18 +32,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent import device
 from agent.cli import converse
 from agent.clock import TrustedClock
-from agent.gate import Gate, provision_extension_key
+from agent.gate import Gate
+from agent.lease import Lease
 from agent.limits import Limiter
 from agent.network import SimulatedNetwork
 from agent.service import Service
-from sekisho import codes, crypto
+from enroll import office
+from enroll.registry import Registry
+from sekisho import crypto
 from sekisho.devices.softkey import SoftKey
 from sekisho.errors import (
     SekishoError,
 )
-from sekisho.factors import fido2, pin_totp
+from sekisho.factors import fido2
 from sekisho.factors import passphrase as pp
 from sekisho.factors.interaction import ScriptedInteraction
 from sekisho.factors.totp import TotpSeed
@@ -81,12 +85,20 @@ class Staff:
                 "pin": "key and its PIN", "plain": "key and passphrase"}[self.key]
 
 
+ROLES = {
+    "madoguchi": ("住民記録システム", "証明書交付"),
+    "senkyo": ("期日前投票システム",),
+    "zeimu": ("税務システム",),
+}
+DEMO_SIM = office.Sim(iccid="8981100000000000001", apn="closed.demo.lg.jp", apn_user="demo",
+                      apn_password="demo-apn-secret")
+
 STAFF = (
     Staff("K10234", "佐藤 美咲", "サトウ ミサキ", "市民課", ("madoguchi",),
           "sakana ga oyogu kawa 7", ("住民記録システム", "証明書交付")),
     Staff("K20581", "髙橋 健一", "タカハシ ケンイチ", "選挙管理委員会事務局", ("senkyo",),
           "yuki-no-hi ni kaeru 12", ("期日前投票システム",)),
-    Staff("K30712", "鈴木 花子", "スズキ ハナコ", "市民課", ("madoguchi",), "", ("証明書交付",),
+    Staff("K30712", "鈴木 花子", "スズキ ハナコ", "市民課", ("madoguchi",), "", ("住民記録システム", "証明書交付"),
           SlotKind.FIDO2_UV, "fingerprint", "905263"),
     Staff("K41156", "伊藤 大輔", "イトウ ダイスケ", "税務課", ("zeimu",), "", ("税務システム",),
           SlotKind.FIDO2_UV, "pin", "730514"),
@@ -147,7 +159,7 @@ def prepare(out: Path) -> None:
     if out.exists():
         shutil.rmtree(out)
     (out / "office").mkdir(parents=True)
-    (out / "laptop").mkdir()
+    (out / "laptop").mkdir(mode=0o700)
     (out / "keys").mkdir()
     (out / MARKER).write_text("made by make demo\n")
 
@@ -157,84 +169,64 @@ def run(out: Path) -> bool:
     report = Report()
     clock = DemoClock()
 
-    print("== Office: IT signs the policy ==")
-    it_private, it_public = crypto.ed25519_generate()
-    atomic_write(out / "office" / "it-signing.key", crypto.b64e(it_private).encode() + b"\n")  # demo only
-    atomic_write(out / "laptop" / "it-public.pem", crypto.public_key_pem(it_public).encode(), mode=0o644)
+    print("== Office: the station — registry, IT's key, the signed policy, roles ==")
+    keys_dir = out / "office" / "keys"  # demo only: plain key files instead of the keyring
+    keys_dir.mkdir(mode=0o700)
+    registry = Registry.create(out / "office" / "registry.db", InsecureFileKeySource(keys_dir / "station.key"))
+    it_private = InsecureFileKeySource(keys_dir / "it.key").create()
+    it_public = crypto.ed25519_public_of(it_private)
+    atomic_write(out / "office" / "it-public.pem", crypto.public_key_pem(it_public).encode(), mode=0o644)
     # Opts in to pin+totp and pin+fido2; allows software keys because the demo has no real ones.
     policy = Policy(permitted_slot_kinds=(*DEFAULT_SLOT_KINDS, SlotKind.PIN_TOTP, SlotKind.PIN_FIDO2),
                     allow_software_authenticators=True)
-    policy_path = out / "laptop" / "policy.toml"
     text = policy.to_toml().encode()
-    atomic_write(policy_path, text, mode=0o644)
-    atomic_write(policy_path.with_name("policy.toml.sig"), sign_policy(text, it_private), mode=0o644)
+    signed = office.SignedPolicy(text, sign_policy(text, it_private), it_public)
+    for role, apps in ROLES.items():
+        registry.set_role(role, list(apps), {"store_url": "https://citrix.demo.lg.jp/Citrix/Store/discovery"})
     print(f"  IT key {crypto.key_fingerprint(it_public)}; policy permits "
           f"{', '.join(k.value for k in policy.permitted_slot_kinds)}")
 
-    print("== Laptop: a new device store ==")
-    key_source = InsecureFileKeySource(out / "laptop" / "device.key")
-    store = CredentialStore.create(out / "laptop" / "store.db", key_source)
-    print(f"  device id {store.device_id}; device key in {key_source.description}")
-    trail = Trail.create(out / "laptop" / "trail.jsonl", key_source, device_id=store.device_id, clock=clock)
-    atomic_write(out / "trail-root.pem", trail.root_pem().encode(), mode=0o644)  # registered with the office
-    print(f"  logon trail started; trail root {crypto.key_fingerprint(trail.root)} -> trail-root.pem")
-    trail.append(EventType.POLICY_INSTALLED, details={"it_key": crypto.key_fingerprint(it_public),
-                                                      "slot_kinds": [k.value for k in policy.permitted_slot_kinds]})
-
-    print("== Office: enrolment and provisioning (user present at the station) ==")
+    print("== Office: enrolment (each person at the station, with their key or phone) ==")
     report.expect(
         "a common passphrase is refused at enrolment", "refused: PassphraseRejected",
         lambda: pp.check_passphrase("Password2024!", minimum=policy.passphrase_min_length,
                                     context=pp.PassphraseContext(user_id="K10234")) or "accepted",
     )
     tokens: dict[str, TotpSeed] = {}
-    recovery_codes: dict[str, list[codes.RecoveryCode]] = {}
-    extension_key = codes.new_extension_key()  # the registry keeps it for the helpdesk
     keys = {s.user_id: SoftKey.create(out / "keys" / f"{s.user_id}.json", fingerprint=s.key == "fingerprint",
                                       pin=s.key_pin) for s in STAFF if s.key}
     roots = [key.attestation_root() for key in keys.values()]  # IT's list of trusted key makers
-    for serial, s in enumerate(STAFF, start=1):
-        if s.passphrase:
-            pp.check_passphrase(s.passphrase, minimum=policy.passphrase_min_length,
-                                context=pp.PassphraseContext(user_id=s.user_id, names=(s.name, s.kana)))
-        identity_private, identity_public = crypto.x25519_generate()
+    for s in STAFF:
+        registry.add_user(UserRecord(user_id=s.user_id, display_name=s.name, kana=s.kana, department=s.department,
+                                     roles=s.roles, identity_public=bytes(32)))
         if s.kind is SlotKind.PIN_TOTP:
-            tokens[s.user_id] = TotpSeed.generate()
-            slot = pin_totp.enrol(user_id=s.user_id, slot_id=1, identity_private=identity_private,
-                                  passphrase=s.passphrase, seed=tokens[s.user_id], argon2=policy.argon2,
-                                  created_at=int(clock()))
-        else:  # the key is touched twice: once to make the credential, once to derive the slot key
-            slot = fido2.enrol(keys[s.user_id], kind=s.kind, user_id=s.user_id, slot_id=1,
-                               identity_private=identity_private, display_name=s.name,
-                               interaction=ScriptedInteraction(pin=[s.key_pin] * 2 if s.key_pin else []),
-                               trusted_roots=roots, allow_software=policy.allow_software_authenticators,
-                               aaguids=policy.aaguids, passphrase=s.passphrase or None, argon2=policy.argon2,
-                               created_at=int(clock()))
-        crypto.wipe(identity_private)
-        # P_pass lets IT bind the recovery codes to the passphrase without learning it.
-        binding = codes.passphrase_binding(s.passphrase, policy.argon2) if s.passphrase else None
-        store.put_user(UserRecord(user_id=s.user_id, display_name=s.name, kana=s.kana,
-                                  department=s.department, roles=s.roles, identity_public=identity_public,
-                                  passphrase_binding=binding), [slot])
-        grant = Grant(device_id=store.device_id, user_id=s.user_id, serial=serial, issued_at=int(clock()),
-                      network={"apn": "closed.demo.lg.jp", "user": "demo", "password": "demo-apn-secret",
-                               "iccid": "8981100000000000001"},
-                      citrix={"store_url": "https://citrix.demo.lg.jp/Citrix/Store/discovery"},
-                      apps=s.apps)
-        sealed, grant_key = issue_grant(grant, it_signing_key=it_private, user_public=identity_public)
-        recovery_codes[s.user_id] = codes.new_recovery_codes(5)  # the registry keeps them for the helpdesk
-        store.put_grant(codes.wrap_for_recovery(sealed, grant_key, recovery_codes[s.user_id], binding))
-        crypto.wipe(grant_key)
-        print(f"  {s.user_id} {s.name} ({s.department}): {s.kind.value} slot ({s.how}), grant #{serial} "
-              f"for {len(s.apps)} app(s)")
-    provision_extension_key(store, extension_key)
-    trail.append(EventType.BUNDLE_INSTALLED, details={"users": len(STAFF)})
-    store.close()
+            tokens[s.user_id] = TotpSeed.generate()  # shown as a QR code by `sekisho-enroll user enrol`
+        request = office.SlotRequest(kind=s.kind, device=keys.get(s.user_id), totp_seed=tokens.get(s.user_id))
+        # A key is touched twice: once to make the credential, once to derive the slot key.
+        office.enrol_user(registry, s.user_id, [request], policy=policy, trusted_roots=roots,
+                          interaction=ScriptedInteraction(pin=[s.key_pin] * 2 if s.key_pin else []),
+                          passphrase=s.passphrase or None)
+        print(f"  {s.user_id} {s.name} ({s.department}): {s.kind.value} slot ({s.how})")
+
+    print("== Laptop: initialised, provisioned by IT, installed ==")
+    key_source = InsecureFileKeySource(out / "laptop-device.key")
+    request = device.init(out / "laptop", key_source, crypto.public_key_pem(it_public).encode(), clock=clock)
+    shutil.copy(out / "laptop" / "trail-root.pem", out / "trail-root.pem")  # registered with the office
+    print(f"  device id {request.device_id}; the laptop shows the fingerprint {request.fingerprint}")
+    bundle = office.provision(registry, request.to_bytes(), confirmed_fingerprint=request.fingerprint,
+                              users=[s.user_id for s in STAFF], sim=DEMO_SIM, signed_policy=signed,
+                              it_private=it_private, now=int(clock()))
+    atomic_write(out / "office" / "bundle.json", bundle)
+    installed = device.install(out / "laptop", key_source, bundle, clock=clock)
+    print(f"  IT confirmed it; bundle #{installed.serial} ({len(bundle) // 1024} KiB) installed: "
+          f"{installed.users} users, grants signed by IT, 5 recovery codes each (kept in the registry)")
 
     print("== Laptop, offline: logons ==")
+    policy_path = out / "laptop" / "policy.toml"
     policy = load_policy_file(policy_path, crypto.public_key_from_pem(
         (out / "laptop" / "it-public.pem").read_bytes(), what="IT public key"))
     store = CredentialStore.open(out / "laptop" / "store.db", key_source)
+    trail = Trail.open(out / "laptop" / "trail.jsonl", key_source, clock=clock)
     sato, takahashi, suzuki, ito, tanaka = STAFF
     unlocked = {}
 
@@ -342,7 +334,8 @@ def run(out: Path) -> bool:
     field_day(out, report, Gate(store=store, policy=policy, trail=trail, it_public=it_public,
                                 network=SimulatedNetwork(), devices=lambda: list(keys.values()),
                                 clock=TrustedClock(store, wall=clock, monotonic=clock.monotonic, boot="demo")),
-              clock, tokens, recovery_codes, extension_key)
+              clock, tokens, registry)
+    checkin(out, report, registry, signed, it_private, key_source, store, clock)
     store.close()
     head = trail.head
     trail.close()
@@ -363,7 +356,7 @@ def run(out: Path) -> bool:
 
 
 def field_day(out: Path, report: Report, gate: Gate, clock: DemoClock, tokens: dict[str, TotpSeed],
-              recovery_codes: dict[str, list[codes.RecoveryCode]], extension_key: bytes) -> None:
+              registry: Registry) -> None:
     """A field day in a minute, through the service and its control socket, as the tray will."""
     print("== A field day, through the service (sekisho-agent) ==")
     _, takahashi, suzuki, ito, tanaka = STAFF
@@ -424,12 +417,13 @@ def field_day(out: Path, report: Report, gate: Gate, clock: DemoClock, tokens: d
 
     def lost_key() -> str:
         key_ids = ask({"op": "key-ids", "user": ito.user_id})["key_ids"]
-        code = recovery_codes[ito.user_id][0]  # the helpdesk finds the code by its key id
-        print(f"        key ids shown: {', '.join(key_ids)}; the helpdesk reads out {code.key_id}")
-        mistyped = code.code.replace(code.code[7], str((int(code.code[7]) + 1) % 10), 1)
+        # The helpdesk finds the code by the key id the laptop shows.
+        code = office.recovery_code(registry, gate.store.device_id, ito.user_id, key_ids[0])
+        print(f"        key ids shown: {', '.join(key_ids)}; the helpdesk reads out the code for {key_ids[0]}")
+        mistyped = code.replace(code[7], str((int(code[7]) + 1) % 10), 1)
         with contextlib.suppress(SekishoErrorFromChannel):
             ask({"op": "recover", "user": ito.user_id, "code": mistyped})
-        return session({"op": "recover", "user": ito.user_id, "code": code.code}) + " (a recovery, once)"
+        return session({"op": "recover", "user": ito.user_id, "code": code}) + " (a recovery, once)"
 
     report.expect(f"{ito.user_id} lost his key: a recovery code from the helpdesk", "unlocked", lost_key)
 
@@ -442,13 +436,38 @@ def field_day(out: Path, report: Report, gate: Gate, clock: DemoClock, tokens: d
 
     def extension() -> str:
         end = dt.datetime.fromtimestamp(clock(), dt.UTC).date() + dt.timedelta(days=7)
-        code = codes.make_extension_code(extension_key, gate.store.device_id, end, sequence=1)  # the helpdesk
+        code = office.extension_code(registry, gate.store.device_id, end)  # the helpdesk, from the registry
         print(f"        the helpdesk reads out an extension code until {end}")
         ask({"op": "extend", "code": code})
         return session({"op": "unlock", "user": suzuki.user_id})
 
     report.expect("an extension code renews it", "unlocked", extension)
     service.stop_serving()
+
+
+def checkin(out: Path, report: Report, registry: Registry, signed: office.SignedPolicy, it_private: bytearray,
+            key_source: InsecureFileKeySource, store: CredentialStore, clock: DemoClock) -> None:
+    """Back at the office: the trail is verified and stored, the lease renewed, a user revoked."""
+    print("== Office: check-in ==")
+    tanaka = STAFF[4]
+    registry.set_enabled(tanaka.user_id, False)  # moved to another department
+    request = device.checkin_request(out / "laptop", key_source, clock=clock)
+    atomic_write(out / "office" / "checkin.json", request.to_bytes())
+    result = office.checkin(registry, request.to_bytes(), signed_policy=signed, it_private=it_private,
+                            now=int(clock()))
+    atomic_write(out / "office" / "renewal.json", result.renewal)
+    print(f"  trail verified against the registered root and stored: {result.entries} entries, head {result.head}")
+    installed = device.install(out / "laptop", key_source, result.renewal, clock=clock)
+    lease = Lease(store).status(TrustedClock(store, wall=clock, monotonic=clock.monotonic, boot="demo").read())
+    report.expect("the renewal is installed: a new lease", "renewed",
+                  lambda: f"renewed (#{installed.serial}): {lease.days_left} days" if not lease.expired else "expired")
+
+    def revoked() -> str:
+        store.get_user(tanaka.user_id)
+        return "still here"
+
+    report.expect(f"{tanaka.user_id}, revoked at the office, is gone from the laptop", "refused: UserNotFound",
+                  revoked)
 
 
 class SekishoErrorFromChannel(SekishoError):
