@@ -128,6 +128,7 @@ def test_end_to_end_enrol_provision_unlock_checkin_revoke(station: Station, tmp_
     assert (applied.kind, applied.serial, applied.removed) == ("renewal", 2, 1)
 
     service = open_service(station, laptop)
+    assert service.gate.status(details=False)["lease"]["days_left"] in (13, 14)  # renewed from the office's time
     with pytest.raises(UserNotFound):
         service.gate.unlock("K41156", ScriptedInteraction(pin=PIN))
     assert service.gate.unlock("K30712", ScriptedInteraction()).user_id == "K30712"
@@ -218,6 +219,7 @@ def test_an_unsigned_or_wrongly_signed_policy(station: Station, tmp_path: Path) 
         with pytest.raises(PolicyError):
             office.provision(station.registry, request, confirmed_fingerprint=_fp(request), users=["K30712"],
                              sim=SIM, signed_policy=bad, it_private=station.it_private)
+    assert station.registry.devices() == []  # nothing recorded
 
 
 @pytest.mark.parametrize("tamper", ["truncated", "forked"])
@@ -297,3 +299,63 @@ def test_a_provisioning_killed_before_the_registry_commit_can_be_rerun(station: 
     bundle = provision(station, request)
     assert device.install(tmp_path / "laptop", key_source(tmp_path / "laptop"), bundle).serial == 1
     shutil.rmtree(tmp_path / "laptop")
+
+
+KILLED_INSTALL = """
+import os, signal, sys
+from pathlib import Path
+sys.path.insert(0, {root!r})
+from agent import device
+from sekisho.store.keysource import InsecureFileKeySource
+from sekisho.store.store import CredentialStore
+real = CredentialStore._put_grant_in
+calls = []
+def die(self, c, sealed):
+    calls.append(1)
+    if len(calls) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)  # the power goes, mid-transaction
+    return real(self, c, sealed)
+CredentialStore._put_grant_in = die
+device.install(Path({laptop!r}), InsecureFileKeySource(Path({key!r})), Path({bundle!r}).read_bytes())
+"""
+
+
+def test_an_install_sigkilled_midway_leaves_the_old_store_and_reruns(station: Station, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    laptop = tmp_path / "laptop"
+    bundle = provision(station, init_laptop(station, laptop))
+    (tmp_path / "bundle.json").write_bytes(bundle)
+    script = KILLED_INSTALL.format(root=str(Path(__file__).resolve().parent.parent), laptop=str(laptop),
+                                   key=str(key_source(laptop).path), bundle=str(tmp_path / "bundle.json"))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    with CredentialStore.open(laptop / "store.db", key_source(laptop)) as store:
+        assert store._conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert store.user_count() == 0 and store.read_state(None, device.INSTALLED) is None
+    assert device.install(laptop, key_source(laptop), bundle).users == 3
+    service = open_service(station, laptop)
+    assert service.gate.trail.verify().entries >= 2
+    service.close()
+
+
+def test_a_checkin_killed_before_the_registry_commit_can_be_rerun(station: Station, tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    laptop = tmp_path / "laptop"
+    device.install(laptop, key_source(laptop), provision(station, init_laptop(station, laptop)))
+    request = device.checkin_request(laptop, key_source(laptop)).to_bytes()
+    before = station.registry.devices()[0]
+    real = Registry.transaction
+
+    def dying(self):  # type: ignore[no-untyped-def]
+        raise _Killed
+
+    monkeypatch.setattr(Registry, "transaction", dying)
+    with pytest.raises(_Killed):
+        office.checkin(station.registry, request, signed_policy=station.policy, it_private=station.it_private)
+    monkeypatch.setattr(Registry, "transaction", real)
+    assert station.registry.devices()[0] == before
+    result = office.checkin(station.registry, request, signed_policy=station.policy, it_private=station.it_private)
+    assert device.install(laptop, key_source(laptop), result.renewal).serial == 2
