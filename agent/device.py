@@ -85,6 +85,7 @@ def install(state_dir: Path, key_source: DeviceKeySource, data: bytes, *,
     """Verify and apply a bundle or renewal (see the module docstring)."""
     state_dir = Path(state_dir)
     check_state_dir(state_dir)
+    _finish_key_rotation(state_dir, key_source)
     it_public = crypto.public_key_from_pem((state_dir / "it-public.pem").read_bytes(), what="IT public key")
     header = verify_bundle(data, it_public)
     with CredentialStore.open(state_dir / "store.db", key_source) as store:
@@ -102,7 +103,9 @@ def install(state_dir: Path, key_source: DeviceKeySource, data: bytes, *,
         if header.kind == "provision" and not payload.policy:
             raise BundleError("The provisioning bundle has no policy.")
         if payload.policy:
-            load_policy(payload.policy, payload.policy_sig, it_public)  # PolicyError: nothing changed
+            # A renewal announcing IT's next key carries the policy signed by that key; the
+            # announcement itself is vouched for by the current key's signature on the bundle.
+            load_policy(payload.policy, payload.policy_sig, payload.new_it_key or it_public)
         users = [ProvisionedUser(record=u.record, slots=u.slots, grant=u.grant) for u in payload.users]
         for user in users:
             if user.grant is None or user.grant.device_id != store.device_id:
@@ -112,6 +115,9 @@ def install(state_dir: Path, key_source: DeviceKeySource, data: bytes, *,
         if payload.policy:
             atomic_write(state_dir / "policy.toml", payload.policy, mode=0o600)
             atomic_write(state_dir / "policy.toml.sig", payload.policy_sig, mode=0o600)
+        if payload.new_it_key is not None:  # pinned once this bundle's serial is committed
+            atomic_write(state_dir / f"it-public.pem.next-{header.serial}",
+                         crypto.public_key_pem(payload.new_it_key).encode(), mode=0o644)
         reading = TrustedClock(store).confirm(header.created)  # the office's time is confirmed time
         now = int(clock())
         states: dict[tuple[str | None, str], StateUpdate] = {
@@ -134,8 +140,26 @@ def install(state_dir: Path, key_source: DeviceKeySource, data: bytes, *,
             trail.append(EventType.BUNDLE_INSTALLED if header.kind == "provision" else EventType.CHECK_IN,
                          details={"serial": header.serial, "users": len(users), "removed": list(payload.remove),
                                   "reenabled": list(payload.reenable),
-                                  "lease_days": payload.lease.get("days") if payload.lease else None})
+                                  "lease_days": payload.lease.get("days") if payload.lease else None,
+                                  "it_key_next": crypto.key_fingerprint(payload.new_it_key)
+                                  if payload.new_it_key else None})
+    _finish_key_rotation(state_dir, key_source)
     return Installed(kind=header.kind, serial=header.serial, users=len(users), removed=len(payload.remove))
+
+
+def _finish_key_rotation(state_dir: Path, key_source: DeviceKeySource) -> None:
+    """Pin IT's next key announced by an installed renewal (also after a crash in between)."""
+    pending = sorted(state_dir.glob("it-public.pem.next-*"))
+    if not pending:
+        return
+    with CredentialStore.open(state_dir / "store.db", key_source) as store:
+        installed = (store.read_state(None, INSTALLED) or {}).get("serial", 0)
+    for path in pending:
+        serial = int(path.name.rsplit("-", 1)[1])
+        if serial <= installed:
+            path.replace(state_dir / "it-public.pem")  # the renewal that announced it is committed
+        else:
+            path.unlink()  # its renewal never committed: not announced after all
 
 
 def checkin_request(state_dir: Path, key_source: DeviceKeySource, *,

@@ -36,7 +36,7 @@ from sekisho.factors.interaction import Prompt, UserInteraction
 from sekisho.policy import load_policy_file
 from sekisho.store.keysource import DeviceKeySource
 from sekisho.store.store import CredentialStore
-from sekisho.trail import Trail
+from sekisho.trail import EventType, Trail
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +111,11 @@ def error_message(exc: SekishoError) -> dict[str, Any]:
 class Service:
     """Opens the laptop's state and serves the gate on a Unix socket."""
 
-    def __init__(self, gate: Gate) -> None:
+    def __init__(self, gate: Gate, state_dir: Path | None = None) -> None:
         self.gate = gate
+        self.state_dir = state_dir
         self._server: socketserver.ThreadingUnixStreamServer | None = None
+        self._policy_seen = self._policy_stamp()
 
     @classmethod
     def open(cls, state_dir: Path, key_source: DeviceKeySource, *, network: NetworkBackend | None = None,
@@ -126,7 +128,39 @@ class Service:
         trail = Trail.open(state_dir / "trail.jsonl", key_source)
         gate = Gate(store=store, policy=policy, trail=trail, it_public=it_public,
                     network=network or SimulatedNetwork(), clock=TrustedClock(store), devices=devices)
-        return cls(gate)
+        return cls(gate, state_dir)
+
+    def _policy_stamp(self) -> tuple[int, ...] | None:
+        if self.state_dir is None:
+            return None
+        stamp: list[int] = []
+        for name in ("policy.toml", "policy.toml.sig", "it-public.pem"):
+            try:
+                st = (self.state_dir / name).stat()
+            except OSError:
+                return None
+            stamp += [st.st_mtime_ns, st.st_size, st.st_ino]
+        return tuple(stamp)
+
+    def reload_policy(self) -> None:
+        """Pick up a policy (or IT key) installed since (``device install``): re-verified, or refused."""
+        stamp = self._policy_stamp()
+        if stamp is None or stamp == self._policy_seen or self.state_dir is None:
+            return
+        self._policy_seen = stamp
+        try:
+            # IT's key first (a rotation announced in a renewal), then the policy it signed.
+            it_public = crypto.public_key_from_pem((self.state_dir / "it-public.pem").read_bytes(),
+                                                   what="IT public key")
+            self.gate.policy = load_policy_file(self.state_dir / "policy.toml", it_public)
+            self.gate.it_public = it_public
+        except SekishoError as exc:
+            log.error("a new policy file was refused, the previous policy stays: %s", exc)
+            self.gate.trail.append(EventType.TAMPERING_DETECTED, details={"what": "policy", "error": str(exc)})
+            return
+        log.info("policy reloaded")
+        self.gate.trail.append(EventType.POLICY_INSTALLED, details={
+            "slot_kinds": [k.value for k in self.gate.policy.permitted_slot_kinds]})
 
     # --- one request --------------------------------------------------------------------
 
@@ -175,6 +209,7 @@ class Service:
                 protocol.send(sock, {"type": "progress", "step": step, "details": dict(details)})
 
         user = request.get("user", "")
+        self.reload_policy()
         if op == "unlock":
             gate.unlock(user, ChannelInteraction(sock), uid=peer.uid, progress=progress)
         elif op == "recover":

@@ -85,6 +85,10 @@ class Station:
     def it_keys(self) -> DeviceKeySource:
         return self._source("it")
 
+    @property
+    def next_it_keys(self) -> DeviceKeySource:
+        return self._source("it-next")
+
     def registry(self) -> Registry:
         return Registry.open(self.registry_path, self.station_keys)
 
@@ -178,6 +182,29 @@ def policy_keygen(station: Station, output: Path) -> None:
     crypto.wipe(station.it_keys.create())
     atomic_write(output, crypto.public_key_pem(station.it_public()).encode(), mode=0o644)
     click.echo(f"IT key {crypto.key_fingerprint(station.it_public())}; public key in {output}.")
+
+
+@policy.command("rotate")
+@click.option("--finish", is_flag=True, help="Switch to the announced key (every laptop has checked in since).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default="it-public-next.pem", show_default=True)
+@click.pass_obj
+def policy_rotate(station: Station, finish: bool, output: Path) -> None:
+    """Rotate IT's key: make the next key (announced at each check-in, signed by the
+    current one); once every laptop has checked in, ``--finish`` makes it current."""
+    if not finish:
+        crypto.wipe(station.next_it_keys.create())
+        next_key = station.next_it_keys.require()
+        atomic_write(output, crypto.public_key_pem(crypto.ed25519_public_of(next_key)).encode(), mode=0o644)
+        crypto.wipe(next_key)
+        click.echo(f"Next IT key in {output}; check-ins now announce it. Then: policy rotate --finish, policy sign.")
+        return
+    next_key = station.next_it_keys.require()
+    try:
+        station.it_keys.replace(next_key)
+    finally:
+        crypto.wipe(next_key)
+    click.echo(f"IT key is now {crypto.key_fingerprint(station.it_public())}. Sign the policy again "
+               "(policy sign), and remove the it-next key from the keyring.")
 
 
 @policy.command("sign")
@@ -277,6 +304,8 @@ def user_enrol(station: Station, user_id: str, slots: tuple[str, ...], policy_pa
             if not found:
                 raise click.UsageError("No security key is connected.")
             device = found[0]
+    if device is not None and SlotKind.FIDO2_UV in kinds:
+        _offer_key_pin(device)
     passphrase = None
     if any(k.uses_passphrase for k in kinds):
         passphrase = _secret("New passphrase (10 characters or more)")
@@ -295,6 +324,26 @@ def user_enrol(station: Station, user_id: str, slots: tuple[str, ...], policy_pa
         made = office.enrol_user(reg, user_id, requests, policy=signed.policy, interaction=TerminalInteraction(),
                                  trusted_roots=trusted, passphrase=passphrase)
     click.echo(f"Enrolled {user_id}: {', '.join(s.kind.value for s in made)}.")
+
+
+def _offer_key_pin(device: Any) -> None:
+    """A key with neither a fingerprint nor a PIN cannot verify its user: set a PIN on it now."""
+    from fido2.ctap2.base import Ctap2
+    from fido2.ctap2.pin import ClientPin
+
+    from sekisho.factors.fido2 import KeyInfo, device_errors
+
+    with device_errors():
+        ctap = Ctap2(device)
+        info = KeyInfo.from_ctap(ctap)
+        if info.can_verify_user or info.client_pin is None:
+            return
+        click.echo("This security key has no PIN. Set one now (4 characters or more); the key counts "
+                   "wrong PINs itself.", err=True)
+        pin = _secret("New key PIN")
+        if _secret("The same PIN again") != pin or len(pin) < 4:
+            raise click.UsageError("The PINs differ or are shorter than 4 characters.")
+        ClientPin(ctap).set_pin(pin)
 
 
 def _load_cert(path: Path) -> bytes:
@@ -326,6 +375,44 @@ def user_list(station: Station, as_json: bool) -> None:
     for row in rows:
         click.echo(f"{row['id']:10} {row['name']:12} {'' if row['enabled'] else '(disabled) '}"
                    f"{', '.join(row['slots']) or '(not enrolled)'}")
+
+
+@user.command("show")
+@click.argument("user_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def user_show(station: Station, user_id: str, as_json: bool) -> None:
+    with station.registry() as reg:
+        record, enabled = reg.user(user_id)
+        slots = [{"slot": s.slot_id, "kind": s.kind.value, "created": s.created_at,
+                  "aaguid": s.params["aaguid"].hex() if isinstance(s.params.get("aaguid"), bytes) else None,
+                  "uv": s.params.get("uv_method")} for s in reg.slots(user_id)]
+        laptops = [d.device_id for d in reg.devices() if user_id in d.delivered]
+    doc = {"id": record.user_id, "name": record.display_name, "kana": record.kana, "department": record.department,
+           "roles": list(record.roles), "enabled": enabled, "revision": record.revision, "slots": slots,
+           "laptops": laptops}
+    if as_json:
+        click.echo(json.dumps(doc, ensure_ascii=False))
+        return
+    click.echo(f"{record.user_id} {record.display_name} ({record.kana}) {record.department} "
+               f"roles {', '.join(record.roles) or '-'}{'' if enabled else ' DISABLED'}")
+    for slot in slots:
+        click.echo(f"  slot {slot['slot']}: {slot['kind']}" + (f" (AAGUID {slot['aaguid']})" if slot["aaguid"] else ""))
+    click.echo(f"  on laptops: {', '.join(laptops) or '-'}")
+
+
+@user.command("revoke-factor")
+@click.argument("user_id")
+@click.argument("slot_id", type=int)
+@click.option("--yes", is_flag=True, help="Do not ask.")
+@click.pass_obj
+def user_revoke_factor(station: Station, user_id: str, slot_id: int, yes: bool) -> None:
+    """Remove one enrolled slot (a lost key); laptops drop it at their next provisioning."""
+    if not yes and not click.confirm(f"Remove slot {slot_id} of {user_id}?", err=True):
+        raise click.exceptions.Abort
+    with station.registry() as reg:
+        reg.revoke_slot(user_id, slot_id)
+    click.echo(f"Slot {slot_id} of {user_id} removed.")
 
 
 @user.command("disable")
@@ -360,7 +447,8 @@ def device_group() -> None:
 
 @device_group.command("provision")
 @click.argument("request", type=click.Path(exists=True, path_type=Path))
-@click.option("--user", "users", multiple=True, required=True)
+@click.option("--user", "users", multiple=True, help="A staff id (repeatable).")
+@click.option("--role", "roles", multiple=True, help="Every enabled, enrolled user with this role (repeatable).")
 @click.option("--confirm", "confirmed", help="The fingerprint the laptop shows (asked if not given).")
 @click.option("--iccid", required=True)
 @click.option("--apn", required=True)
@@ -368,9 +456,18 @@ def device_group() -> None:
 @click.option("--policy", "policy_path", type=click.Path(exists=True, path_type=Path), default="policy.toml")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
 @click.pass_obj
-def device_provision(station: Station, request: Path, users: tuple[str, ...], confirmed: str | None, iccid: str,
-                     apn: str, apn_user: str, policy_path: Path, output: Path) -> None:
+def device_provision(station: Station, request: Path, users: tuple[str, ...], roles: tuple[str, ...],
+                     confirmed: str | None, iccid: str, apn: str, apn_user: str, policy_path: Path,
+                     output: Path) -> None:
     """A bundle for the laptop that wrote REQUEST (after IT confirms its fingerprint)."""
+    chosen = list(dict.fromkeys(users))
+    if roles:
+        with station.registry() as reg:
+            chosen += [r.user_id for r, enabled, kinds in reg.users()
+                       if enabled and kinds and set(r.roles) & set(roles) and r.user_id not in chosen]
+    if not chosen:
+        raise click.UsageError("Choose users with --user or --role.")
+    users = tuple(chosen)
     data = request.read_bytes()
     parsed = DeviceRequest.from_bytes(data)
     if confirmed is None:
@@ -383,7 +480,9 @@ def device_provision(station: Station, request: Path, users: tuple[str, ...], co
     try:
         with station.registry() as reg:
             bundle = office.provision(reg, data, confirmed_fingerprint=confirmed, users=list(users), sim=sim,
-                                      signed_policy=signed, it_private=private)
+                                      signed_policy=signed, it_private=private,
+                                      progress=lambda done, total: click.echo(f"  {done}/{total} users", err=True)
+                                      if total >= 500 else None)
     finally:
         crypto.wipe(private)
     atomic_write(output, bundle, mode=0o600)
@@ -395,22 +494,32 @@ def device_provision(station: Station, request: Path, users: tuple[str, ...], co
 @click.option("--policy", "policy_path", type=click.Path(exists=True, path_type=Path), default="policy.toml")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
 @click.option("--accept-anomaly", is_flag=True, help="Renew although the trail does not verify (after an inquiry).")
+@click.option("--reenable", multiple=True, help="Clear a user's lockout on this laptop (repeatable).")
 @click.pass_obj
-def device_checkin(station: Station, request: Path, policy_path: Path, output: Path, accept_anomaly: bool) -> None:
+def device_checkin(station: Station, request: Path, policy_path: Path, output: Path, accept_anomaly: bool,
+                   reenable: tuple[str, ...]) -> None:
     """Verify the laptop's trail, store it, and write its renewal."""
     signed = station.signed_policy(policy_path)
     private = station.it_private()
+    next_key = station.next_it_keys.load()
+    rotation = None
+    if next_key is not None:  # a rotation: the policy and grants signed by the next key go with it
+        rotation = office.Rotation(next_key, office.SignedPolicy(signed.text, sign_policy(signed.text, next_key),
+                                                                 crypto.ed25519_public_of(next_key)))
     try:
         with station.registry() as reg:
             result = office.checkin(reg, request.read_bytes(), signed_policy=signed, it_private=private,
-                                    accept_anomaly=accept_anomaly)
+                                    accept_anomaly=accept_anomaly, reenable=list(reenable), rotation=rotation)
     finally:
         crypto.wipe(private)
+        crypto.wipe(next_key)
     atomic_write(output, result.renewal, mode=0o600)
     if result.anomaly:
         click.echo(f"WARNING: the trail did not verify ({result.anomaly}); renewed on request.", err=True)
     click.echo(f"Trail stored ({result.entries} entries, head {result.head}); renewal: {output}"
-               + (f"; removes {', '.join(result.removed)}" if result.removed else ""))
+               + (f"; removes {', '.join(result.removed)}" if result.removed else "")
+               + (f"; new slots for {', '.join(result.updated)}" if result.updated else "")
+               + ("; announces IT's next key" if rotation else ""))
 
 
 @device_group.command("list")

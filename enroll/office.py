@@ -10,8 +10,9 @@ import datetime as dt
 import io
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from fido2.ctap import CtapDevice
 
@@ -112,10 +113,16 @@ class Sim:
         return {"iccid": self.iccid, "apn": self.apn, "apn_user": self.apn_user}
 
 
+Progress = Callable[[int, int], None]
+
+
 def _grants(registry: Registry, device_id: str, users: Sequence[str], *, sim: Sim, it_private: bytes | bytearray,
-            serial: int, now: int) -> tuple[list[BundleUser], dict[str, list[codes.RecoveryCode]]]:
+            serial: int, now: int, progress: Progress | None = None
+            ) -> tuple[list[BundleUser], dict[str, list[codes.RecoveryCode]]]:
     bundle_users, recovery = [], {}
-    for user_id in users:
+    for done, user_id in enumerate(users, start=1):
+        if progress is not None and (done % 500 == 0 or done == len(users)):
+            progress(done, len(users))
         record, enabled = registry.user(user_id)
         if not enabled:
             raise RegistryError(f"{user_id} is disabled in the registry; enable them first.")
@@ -139,9 +146,23 @@ def _grants(registry: Registry, device_id: str, users: Sequence[str], *, sim: Si
     return bundle_users, recovery
 
 
+def _store_recovery(c: Any, registry: Registry, device_id: str,
+                    recovery: dict[str, list[codes.RecoveryCode]]) -> None:
+    for user_id, user_codes in recovery.items():
+        c.execute("DELETE FROM recovery WHERE device_id = ? AND user_id = ?", (device_id, user_id))
+        for code in user_codes:
+            c.execute("INSERT INTO recovery VALUES (?, ?, ?, ?, NULL)", (
+                device_id, user_id, code.key_id,
+                registry.seal("recovery", f"{device_id}/{user_id}/{code.key_id}", code.code.encode())))
+
+
+def _revisions(registry: Registry, users: Sequence[str]) -> dict[str, int]:
+    return {u: registry.user(u)[0].revision for u in users}
+
+
 def provision(registry: Registry, request_bytes: bytes, *, confirmed_fingerprint: str, users: Sequence[str],
               sim: Sim, signed_policy: SignedPolicy, it_private: bytes | bytearray,
-              now: int | None = None) -> bytes:
+              now: int | None = None, progress: Progress | None = None) -> bytes:
     """A provisioning bundle for the laptop that wrote ``request_bytes`` (and record it)."""
     request = DeviceRequest.from_bytes(request_bytes)
     if confirmed_fingerprint.strip().lower() != request.fingerprint:
@@ -157,7 +178,7 @@ def provision(registry: Registry, request_bytes: bytes, *, confirmed_fingerprint
     serial = (existing.serial if existing else 0) + 1
     previous = set(existing.users) if existing else set()
     bundle_users, recovery = _grants(registry, request.device_id, users, sim=sim, it_private=it_private,
-                                     serial=serial, now=now)
+                                     serial=serial, now=now, progress=progress)
     extension_key = codes.new_extension_key()
     payload = BundlePayload(policy=signed_policy.text, policy_sig=signed_policy.signature, users=bundle_users,
                             remove=sorted(previous - set(users)),
@@ -171,15 +192,12 @@ def provision(registry: Registry, request_bytes: bytes, *, confirmed_fingerprint
         c.execute("INSERT OR REPLACE INTO devices (id, request, fingerprint, serial, users, sim, secrets, last_head, "
                   "created, last_checkin) VALUES (?, ?, ?, ?, ?, ?, ?, "
                   "(SELECT last_head FROM devices WHERE id = ?), ?, (SELECT last_checkin FROM devices WHERE id = ?))",
-                  (request.device_id, request_bytes, request.fingerprint, serial, json.dumps(list(users)),
+                  (request.device_id, request_bytes, request.fingerprint, serial,
+                   json.dumps(_revisions(registry, users)),
                    json.dumps(sim.public()), registry.seal("devices", request.device_id, secrets),
                    request.device_id, now, request.device_id))
         c.execute("DELETE FROM recovery WHERE device_id = ?", (request.device_id,))
-        for user_id, user_codes in recovery.items():
-            for code in user_codes:
-                c.execute("INSERT INTO recovery VALUES (?, ?, ?, ?, NULL)", (
-                    request.device_id, user_id, code.key_id,
-                    registry.seal("recovery", f"{request.device_id}/{user_id}/{code.key_id}", code.code.encode())))
+        _store_recovery(c, registry, request.device_id, recovery)
     return data
 
 
@@ -212,18 +230,34 @@ def extension_code(registry: Registry, device_id: str, end: dt.date) -> str:
 
 
 @dataclass(frozen=True)
+class Rotation:
+    """IT's next key during a rotation: its private half, and the policy it signed."""
+
+    next_private: bytes | bytearray
+    policy: SignedPolicy
+
+    def __repr__(self) -> str:
+        return "<Rotation>"
+
+
+@dataclass(frozen=True)
 class CheckinResult:
     renewal: bytes
     head: str
     entries: int
     removed: list[str]
     anomaly: str | None
+    updated: list[str]
 
 
 def checkin(registry: Registry, request_bytes: bytes, *, signed_policy: SignedPolicy,
-            it_private: bytes | bytearray, accept_anomaly: bool = False, now: int | None = None) -> CheckinResult:
+            it_private: bytes | bytearray, accept_anomaly: bool = False, now: int | None = None,
+            reenable: Sequence[str] = (), rotation: Rotation | None = None) -> CheckinResult:
     """Verify the laptop's trail against its registered root and the last head seen, store
-    it, and make the renewal (new lease, revoked users removed)."""
+    it, and make the renewal: a new lease, revoked users removed, users re-enrolled since
+    given their new slots and grants, ``reenable``d users' lockouts cleared, and (during a
+    key rotation) IT's next key announced under the current one, with the policy and every
+    grant signed by the next key, which the laptop pins when it installs the renewal."""
     request = CheckinRequest.from_bytes(request_bytes)
     device = registry.device(request.device_id)
     if device is None:
@@ -251,7 +285,21 @@ def checkin(registry: Registry, request_bytes: bytes, *, signed_policy: SignedPo
     now = int(now or time.time())
     revoked = registry.revoked_since(device)
     serial = device.serial + 1
-    payload = BundlePayload(policy=signed_policy.text, policy_sig=signed_policy.signature, remove=revoked,
+    kept = [u for u in device.users if u not in revoked]
+    revisions = _revisions(registry, kept)
+    # Users re-enrolled since get their new slots; during a rotation everyone gets grants
+    # signed by the next key (the laptop will check grants against that key only).
+    changed = kept if rotation else [u for u in kept if revisions[u] != device.delivered.get(u)]
+    secrets = registry.device_secrets(device.device_id)
+    sim = Sim(iccid=device.sim["iccid"], apn=device.sim["apn"], apn_user=device.sim["apn_user"],
+              apn_password=secrets["apn_password"])
+    updated, recovery = _grants(registry, device.device_id, changed, sim=sim, serial=serial, now=now,
+                                it_private=rotation.next_private if rotation else it_private)
+    delivered_policy = rotation.policy if rotation else signed_policy
+    delivered_policy.policy  # noqa: B018 - refuse a wrongly signed policy before anything else
+    payload = BundlePayload(policy=delivered_policy.text, policy_sig=delivered_policy.signature, users=updated,
+                            remove=revoked, reenable=list(reenable),
+                            new_it_key=rotation.policy.it_public if rotation else None,
                             lease={"office_time": now, "days": policy.lease_days,
                                    "max_unlocks": policy.lease_max_unlocks})
     renewal = make_bundle(payload, device_id=device.device_id, device_public=registered.identity_public,
@@ -259,5 +307,7 @@ def checkin(registry: Registry, request_bytes: bytes, *, signed_policy: SignedPo
     with registry.transaction() as c:
         c.execute("INSERT INTO checkins VALUES (?, ?, ?, ?, ?)", (device.device_id, now, head, request.trail, anomaly))
         c.execute("UPDATE devices SET serial = ?, last_head = ?, last_checkin = ?, users = ? WHERE id = ?",
-                  (serial, head, now, json.dumps([u for u in device.users if u not in revoked]), device.device_id))
-    return CheckinResult(renewal=renewal, head=head, entries=entries, removed=revoked, anomaly=anomaly)
+                  (serial, head, now, json.dumps(revisions), device.device_id))
+        _store_recovery(c, registry, device.device_id, recovery)
+    return CheckinResult(renewal=renewal, head=head, entries=entries, removed=revoked, anomaly=anomaly,
+                         updated=changed)

@@ -50,14 +50,20 @@ class RegistryError(SekishoError):
 
 @dataclass(frozen=True)
 class DeviceRow:
+    """A laptop as the registry knows it."""
+
     device_id: str
     request: bytes
     fingerprint: str
     serial: int
-    users: list[str]
+    delivered: dict[str, int]  # user id -> the record revision the laptop holds
     sim: dict[str, str]
     last_head: str | None
     last_checkin: int | None
+
+    @property
+    def users(self) -> list[str]:
+        return sorted(self.delivered)
 
 
 class Registry(SealedDatabase):
@@ -155,7 +161,8 @@ class Registry(SealedDatabase):
         if row is None:
             return None
         return DeviceRow(device_id=row[0], request=row[1], fingerprint=row[2], serial=row[3],
-                         users=json.loads(row[4]), sim=json.loads(row[5]), last_head=row[6], last_checkin=row[7])
+                         delivered=json.loads(row[4]), sim=json.loads(row[5]), last_head=row[6],
+                         last_checkin=row[7])
 
     def device_secrets(self, device_id: str) -> dict[str, Any]:
         row = self._conn.execute("SELECT secrets FROM devices WHERE id = ?", (device_id,)).fetchone()

@@ -139,6 +139,8 @@ class BundlePayload:
     lease: dict[str, int] = field(default_factory=dict)  # office_time, days, max_unlocks
     extension_key: bytes | None = field(default=None, repr=False)
     reenable: list[str] = field(default_factory=list)
+    #: IT's next public key, announced in a renewal signed by the current one.
+    new_it_key: bytes | None = None
 
     def to_bytes(self) -> bytes:
         """A CBOR header, then each user as its own length-prefixed CBOR record.
@@ -150,6 +152,8 @@ class BundlePayload:
                                "lease": dict(self.lease), "reenable": list(self.reenable), "users": len(self.users)}
         if self.extension_key is not None:
             obj["extension_key"] = self.extension_key
+        if self.new_it_key is not None:
+            obj["new_it_key"] = self.new_it_key
         parts = [codec.encode(obj), *(codec.encode(u.to_cbor()) for u in self.users)]
         return b"".join(len(p).to_bytes(4, "big") + p for p in parts)
 
@@ -178,7 +182,7 @@ class BundlePayload:
         return cls(policy=f.blob("policy"), policy_sig=f.blob("policy_sig"), users=users,
                    remove=list(f.texts("remove")), lease=dict(lease),
                    extension_key=f.blob("extension_key", length=32, required=False),
-                   reenable=list(f.texts("reenable")))
+                   reenable=list(f.texts("reenable")), new_it_key=f.blob("new_it_key", length=32, required=False))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -63,8 +63,8 @@ def test_station_and_laptop_through_their_commands(tmp_path: Path) -> None:
                   "K30712", "--confirm", "0000-0000-0000-0000-0000", "--iccid", "8981", "--apn", "closed.lg.jp",
                   "--apn-user", "u", "-o", "bundle.json", stdin="apn-pass-1\n", ok=False)
     assert refused.returncode == 1 and "fingerprint" in refused.stderr
-    run(office, "sekisho-enroll", "device", "provision", str(laptop / "device-request.json"), "--user", "K30712",
-        "--user", "K10234", "--confirm", fingerprint, "--iccid", "8981", "--apn", "closed.lg.jp", "--apn-user", "u",
+    run(office, "sekisho-enroll", "device", "provision", str(laptop / "device-request.json"), "--role", "madoguchi",
+        "--confirm", fingerprint, "--iccid", "8981", "--apn", "closed.lg.jp", "--apn-user", "u",
         "-o", "bundle.json", stdin="apn-pass-1\n")
     installed = run(tmp_path, "sekisho-agent", "device", "install", "--state-dir", str(laptop), "--insecure-key-file",
                     str(tmp_path / "laptop.key"), str(office / "bundle.json")).stdout
@@ -87,5 +87,9 @@ def test_station_and_laptop_through_their_commands(tmp_path: Path) -> None:
         str(tmp_path / "laptop.key"), str(office / "renewal.json"))
     devices = json.loads(run(office, "sekisho-enroll", "device", "list", "--json").stdout)
     assert devices[0]["serial"] == 2 and devices[0]["users"] == ["K10234"] and devices[0]["last_head"]
+    shown = json.loads(run(office, "sekisho-enroll", "user", "show", "K10234", "--json").stdout)
+    assert shown["slots"][0]["kind"] == "pin+totp" and shown["laptops"] == [devices[0]["id"]]
+    run(office, "sekisho-enroll", "user", "revoke-factor", "K10234", "1", "--yes")
+    assert json.loads(run(office, "sekisho-enroll", "user", "show", "K10234", "--json").stdout)["slots"] == []
     run(office, "sekisho-enroll", "registry", "backup", "backup.db")
     assert (office / "backup.db").stat().st_size > 0

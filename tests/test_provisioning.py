@@ -359,3 +359,67 @@ def test_a_checkin_killed_before_the_registry_commit_can_be_rerun(station: Stati
     assert station.registry.devices()[0] == before
     result = office.checkin(station.registry, request, signed_policy=station.policy, it_private=station.it_private)
     assert device.install(laptop, key_source(laptop), result.renewal).serial == 2
+
+
+def test_a_running_service_picks_up_a_new_policy(station: Station, tmp_path: Path) -> None:
+    from sekisho.errors import NoUsableSlot
+
+    laptop = tmp_path / "laptop"
+    request = init_laptop(station, laptop)
+    device.install(laptop, key_source(laptop), provision(station, request))
+    service = open_service(station, laptop)
+    stricter = Policy(permitted_slot_kinds=(SlotKind.FIDO2_UV,), argon2=FAST_ARGON2,
+                      allow_software_authenticators=True)
+    text = stricter.to_toml().encode()
+    station.policy = office.SignedPolicy(text, sign_policy(text, station.it_private), station.it_public)
+    device.install(laptop, key_source(laptop), provision(station, request))  # serial 2, same users
+    code = station.seed.code_at(service.gate.clock.read().wall)
+    service.reload_policy()  # what the control channel does before every logon
+    with pytest.raises(NoUsableSlot):  # pin+totp is no longer permitted
+        service.gate.unlock("K10234", ScriptedInteraction(passphrase=PASSPHRASE, code=code))
+    assert "policy-installed" in [e.event for e in service.gate.trail.entries()]
+    service.close()
+
+
+def test_a_checkin_delivers_new_slots_reenables_and_announces_the_next_it_key(station: Station,
+                                                                              tmp_path: Path) -> None:
+    from sekisho.errors import KeyNotFound
+
+    laptop = tmp_path / "laptop"
+    device.install(laptop, key_source(laptop), provision(station, init_laptop(station, laptop)))
+    # K41156 lost his key and enrols a new one at the office.
+    new_key = SoftKey.create(tmp_path / "new-key.json", pin=PIN)
+    office.enrol_user(station.registry, "K41156", [office.SlotRequest(kind=SlotKind.FIDO2_UV, device=new_key)],
+                      policy=station.policy.policy, interaction=ScriptedInteraction(pin=[PIN] * 2),
+                      trusted_roots=[new_key.attestation_root()])
+    # K30712 was disabled on the laptop after ten failures.
+    with CredentialStore.open(laptop / "store.db", key_source(laptop)) as store:
+        store.update_state("K30712", "limits", lambda old: {"consecutive": 10, "possession": 10, "not_before": 0,
+                                                            "disabled": True})
+    next_private, next_public = crypto.ed25519_generate()
+    rotation = office.Rotation(next_private, office.SignedPolicy(
+        station.policy.text, sign_policy(station.policy.text, next_private), next_public))
+    plain = office.checkin(station.registry, device.checkin_request(laptop, key_source(laptop)).to_bytes(),
+                           signed_policy=station.policy, it_private=station.it_private, reenable=["K30712"])
+    assert plain.updated == ["K41156"]  # only the re-enrolled user's records travel
+    device.install(laptop, key_source(laptop), plain.renewal)
+    result = office.checkin(station.registry, device.checkin_request(laptop, key_source(laptop)).to_bytes(),
+                            signed_policy=station.policy, it_private=station.it_private, rotation=rotation)
+    assert result.updated == ["K10234", "K30712", "K41156"]  # a rotation re-signs every grant
+    device.install(laptop, key_source(laptop), result.renewal)
+    assert crypto.public_key_from_pem((laptop / "it-public.pem").read_bytes(), what="x") == next_public
+
+    keys = [station.keys["K41156"], station.keys["K30712"], new_key]
+    service = Service.open(laptop, key_source(laptop), devices=lambda: keys[:2])
+    with pytest.raises(KeyNotFound):  # the old key no longer opens anything
+        service.gate.unlock("K41156", ScriptedInteraction(pin=PIN))
+    service.close()
+    service = Service.open(laptop, key_source(laptop), devices=lambda: keys)
+    assert service.gate.unlock("K41156", ScriptedInteraction(pin=PIN)).user_id == "K41156"
+    service.gate.lock()
+    assert service.gate.unlock("K30712", ScriptedInteraction()).user_id == "K30712"  # re-enabled
+    service.close()
+    # From now on the laptop takes bundles signed with the new key only.
+    old_signed = provision(station, (laptop / "device-request.json").read_bytes())
+    with pytest.raises(BundleError, match="signature is not IT's"):
+        device.install(laptop, key_source(laptop), old_signed)

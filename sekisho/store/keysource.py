@@ -55,6 +55,12 @@ class DeviceKeySource(ABC):
         self._store(bytes(key))
         return key
 
+    def replace(self, key: bytes | bytearray) -> None:
+        """Put ``key`` in place of the current one (IT key rotation; never the device key)."""
+        if len(key) != KEY_LEN:
+            raise KeySourceError("A key must be 32 bytes.")
+        self._store(bytes(key))
+
     def require(self) -> bytearray:
         key = self.load()
         if key is None:
