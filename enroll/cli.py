@@ -4,7 +4,7 @@
     sekisho-enroll policy keygen | sign POLICY.toml | check POLICY.toml
     sekisho-enroll role set NAME --app APP... --citrix-store URL
     sekisho-enroll user add ID --name NAME [--kana KANA] [--department D] [--role R]...
-    sekisho-enroll user enrol ID --slot KIND... [--soft-key FILE] [--totp-seed BASE32]
+    sekisho-enroll user enrol ID --fido2 [--passphrase] | --totp [--totp-seed BASE32] | --slot KIND...
     sekisho-enroll user list | show ID | disable ID | enable ID
     sekisho-enroll device provision REQUEST --user ID... --confirm FINGERPRINT --iccid … --apn … -o BUNDLE
     sekisho-enroll device checkin REQUEST -o RENEWAL [--accept-anomaly]
@@ -274,7 +274,12 @@ def user_add(station: Station, user_id: str, name: str, kana: str, department: s
 
 @user.command("enrol")
 @click.argument("user_id")
-@click.option("--slot", "slots", multiple=True, required=True, type=click.Choice(["fido2-uv", "pin+fido2", "pin+totp"]))
+@click.option("--slot", "slots", multiple=True, type=click.Choice(["fido2-uv", "pin+fido2", "pin+totp"]),
+              help="A slot kind to enrol (repeatable).")
+@click.option("--fido2", is_flag=True, help="A security key (fingerprint or key PIN): fido2-uv.")
+@click.option("--passphrase", "with_passphrase", is_flag=True,
+              help="With --fido2: key and passphrase (pin+fido2); with --totp: passphrase and code (pin+totp).")
+@click.option("--totp", is_flag=True, help="A passphrase and a one-time code app or token (pin+totp).")
 @click.option("--policy", "policy_path", type=click.Path(exists=True, path_type=Path), default="policy.toml",
               show_default=True)
 @click.option("--soft-key", type=click.Path(exists=True, path_type=Path), help="A software key (tests, demo).")
@@ -282,13 +287,25 @@ def user_add(station: Station, user_id: str, name: str, kana: str, department: s
               help="An attestation root certificate (DER or PEM) of an approved key maker.")
 @click.option("--totp-seed", help="A hardware token's seed (base32); else one is generated and shown as a QR code.")
 @click.pass_obj
-def user_enrol(station: Station, user_id: str, slots: tuple[str, ...], policy_path: Path, soft_key: Path | None,
-               roots: tuple[Path, ...], totp_seed: str | None) -> None:
-    """Enrol the user's factors (they are at the station); replaces earlier slots."""
+def user_enrol(station: Station, user_id: str, slots: tuple[str, ...], fido2: bool, with_passphrase: bool,
+               totp: bool, policy_path: Path, soft_key: Path | None, roots: tuple[Path, ...],
+               totp_seed: str | None) -> None:
+    """Enrol the user's factors (they are at the station); replaces earlier slots.
+
+    Factors combine into slots: --fido2 (fido2-uv), --fido2 --passphrase (pin+fido2),
+    --totp (pin+totp, with a passphrase); or name the slots with --slot.
+    """
     from fido2.ctap import CtapDevice
 
     signed = station.signed_policy(policy_path)
     kinds = [SlotKind(s) for s in slots]
+    if fido2:
+        kinds.append(SlotKind.PIN_FIDO2 if with_passphrase else SlotKind.FIDO2_UV)
+    if totp or totp_seed:
+        kinds.append(SlotKind.PIN_TOTP)
+    kinds = list(dict.fromkeys(kinds))
+    if not kinds:
+        raise click.UsageError("Name the factors: --fido2, --totp, --passphrase, or --slot KIND.")
     device: CtapDevice | None = None
     trusted = [_load_cert(p) for p in roots]
     if any(k in (SlotKind.FIDO2_UV, SlotKind.PIN_FIDO2) for k in kinds):

@@ -49,9 +49,9 @@ def test_station_and_laptop_through_their_commands(tmp_path: Path) -> None:
     run(office, "sekisho-enroll", "user", "add", "K30712", "--name", "鈴木 花子", "--role", "madoguchi")
     run(office, "sekisho-enroll", "user", "add", "K10234", "--name", "佐藤 美咲", "--role", "madoguchi")
     SoftKey.create(office / "finger.json", fingerprint=True)
-    run(office, "sekisho-enroll", "user", "enrol", "K30712", "--slot", "fido2-uv", "--soft-key", "finger.json")
+    run(office, "sekisho-enroll", "user", "enrol", "K30712", "--fido2", "--soft-key", "finger.json")
     code = TotpSeed.from_base32(SEED).code_at(__import__("time").time())
-    run(office, "sekisho-enroll", "user", "enrol", "K10234", "--slot", "pin+totp", "--totp-seed", SEED,
+    run(office, "sekisho-enroll", "user", "enrol", "K10234", "--totp", "--totp-seed", SEED,
         stdin=f"{PASSPHRASE}\n{PASSPHRASE}\n{code}\n")
     users = json.loads(run(office, "sekisho-enroll", "user", "list", "--json").stdout)
     assert {u["id"]: u["slots"] for u in users} == {"K10234": ["pin+totp"], "K30712": ["fido2-uv"]}
