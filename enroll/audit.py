@@ -23,6 +23,7 @@ from sekisho.errors import SekishoError, TrailInvalid
 from sekisho.trail import EventType, Head, TrailEntry, read_file, verify_entries, verify_files
 from sekisho.trail.export import EntryFilter, filtered, text_line, write_csv, write_jsonl, write_text
 from sekisho.trail.format import utc_time
+from sekisho.trail.reconcile import reconcile
 from sekisho.trail.verify import TrailSummary
 
 EXIT_INVALID = 1
@@ -176,6 +177,28 @@ def show(trail: Path, user: str, count: int, as_json: bool) -> None:
         click.echo(f"No entries for {user} in {trail}.")
     for entry in newest:
         click.echo(text_line(entry))
+
+
+@cli.command("reconcile")
+@click.argument("it_log", type=click.Path(path_type=Path))
+@click.argument("laptop_trails", metavar="TRAIL...", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--it-root", "it_root", required=True, type=click.Path(path_type=Path),
+              help="The root of IT's log (it-log-root.pem).")
+@click.option("--json", "as_json", is_flag=True)
+def reconcile_command(it_log: Path, laptop_trails: Sequence[Path], it_root: Path, as_json: bool) -> None:
+    """Recovery codes IT issued against recoveries used on laptops (verify each trail first)."""
+    verify_entries(read_file(it_log), _load_root(it_root), source=str(it_log))  # IT's own log must verify
+    result = reconcile(read_file(it_log), [read_file(t) for t in laptop_trails])
+    if as_json:
+        click.echo(json.dumps(result.to_json(), ensure_ascii=False))
+    else:
+        click.echo(f"{len(result.matched)} recoveries match an issued code.")
+        for c in result.issued_unused:
+            click.echo(f"  issued, not used:     {c.time}  {c.device}  {c.user}  key id {c.key_id}")
+        for c in result.used_without_issue:
+            click.echo(f"  USED WITHOUT ISSUE:   {c.time}  {c.device}  {c.user}  key id {c.key_id}")
+    if not result.clean:
+        sys.exit(EXIT_INVALID)
 
 
 def main(argv: Sequence[str] | None = None) -> Any:

@@ -9,6 +9,7 @@
     sekisho-enroll device provision REQUEST --user ID... --confirm FINGERPRINT --iccid … --apn … -o BUNDLE
     sekisho-enroll device checkin REQUEST -o RENEWAL [--accept-anomaly]
     sekisho-enroll device list
+    sekisho-enroll helpdesk recovery --device ID --user ID --key-id KID | extend --device ID --days N
 
 Keys: IT's signing key and the station key live in the OS keyring (``--keys-dir`` uses plain
 files instead: tests and the demo only). Secrets (passphrases, the APN password, a TOTP
@@ -18,8 +19,10 @@ Exit codes: 0 done; 1 refused; 2 could not run.
 
 from __future__ import annotations
 
+import datetime as dt
 import getpass
 import json
+import socket
 import sqlite3
 import sys
 import time
@@ -40,6 +43,7 @@ from sekisho.files import atomic_write
 from sekisho.policy import load_policy_file, parse_policy, sign_policy
 from sekisho.store.keysource import DeviceKeySource, InsecureFileKeySource, KeyringKeySource
 from sekisho.store.records import SlotKind, UserRecord
+from sekisho.trail import Trail
 
 
 def _secret(label: str) -> str:
@@ -89,8 +93,19 @@ class Station:
     def next_it_keys(self) -> DeviceKeySource:
         return self._source("it-next")
 
+    @property
+    def log_path(self) -> Path:
+        return self.registry_path.parent / "it-log.jsonl"
+
     def registry(self) -> Registry:
-        return Registry.open(self.registry_path, self.station_keys)
+        """The registry, with IT's signed log attached (every change and code goes there)."""
+        registry = Registry.open(self.registry_path, self.station_keys)
+        try:
+            registry.log = Trail.open(self.log_path, self.station_keys)
+        except BaseException:
+            registry.close()
+            raise
+        return registry
 
     def it_private(self) -> bytearray:
         return self.it_keys.require()
@@ -133,8 +148,12 @@ def registry() -> None:
 @registry.command("init")
 @click.pass_obj
 def registry_init(station: Station) -> None:
+    """A new registry and IT's signed log (its root, it-log-root.pem, is for the auditors)."""
     Registry.create(station.registry_path, station.station_keys).close()
-    click.echo(f"Registry created at {station.registry_path}.")
+    with Trail.create(station.log_path, station.station_keys, device_id=f"station:{socket.gethostname()}") as log:
+        atomic_write(station.log_path.with_name("it-log-root.pem"), log.root_pem().encode(), mode=0o644)
+    click.echo(f"Registry created at {station.registry_path}; IT's log at {station.log_path} "
+               f"(root: {station.log_path.with_name('it-log-root.pem')}).")
 
 
 @registry.command("info")
@@ -552,6 +571,43 @@ def device_list(station: Station, as_json: bool) -> None:
         return
     for row in rows:
         click.echo(f"{row['id']}  serial {row['serial']}  users {', '.join(row['users'])}  head {row['last_head']}")
+
+
+# --- helpdesk --------------------------------------------------------------------------------------
+
+
+@cli.group()
+def helpdesk() -> None:
+    """Codes read over the phone: recovery and lease extension."""
+
+
+@helpdesk.command("recovery")
+@click.option("--device", "device_id", required=True)
+@click.option("--user", "user_id", required=True)
+@click.option("--key-id", required=True, help="The key id the laptop shows (sekisho-agent recover).")
+@click.pass_obj
+def helpdesk_recovery(station: Station, device_id: str, user_id: str, key_id: str) -> None:
+    """The recovery code to read out, once the caller's identity is checked."""
+    click.echo("Before reading it out: check the caller's identity (call back on the number in the staff "
+               "directory, or ask their supervisor). 本人確認を行ってから読み上げてください。", err=True)
+    with station.registry() as reg:
+        code = office.recovery_code(reg, device_id, user_id, key_id)
+    click.echo(code)
+    click.echo(f"Issued for {user_id} on {device_id} (key id {key_id.upper()}); recorded in IT's log. "
+               "The person must be re-enrolled at the next check-in.", err=True)
+
+
+@helpdesk.command("extend")
+@click.option("--device", "device_id", required=True)
+@click.option("--days", type=click.IntRange(1, 30), required=True)
+@click.pass_obj
+def helpdesk_extend(station: Station, device_id: str, days: int) -> None:
+    """An extension code: the laptop may work offline ``--days`` more days from today."""
+    end = dt.datetime.now(dt.UTC).date() + dt.timedelta(days=days)
+    with station.registry() as reg:
+        code = office.extension_code(reg, device_id, end)
+    click.echo(code)
+    click.echo(f"Extension for {device_id} until {end} (UTC); recorded in IT's log.", err=True)
 
 
 def main(argv: Sequence[str] | None = None) -> Any:

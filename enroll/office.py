@@ -27,6 +27,7 @@ from sekisho.factors.totp import TotpSeed
 from sekisho.policy import Policy, load_policy
 from sekisho.store.grants import Grant, issue_grant
 from sekisho.store.records import KeySlot, SlotKind
+from sekisho.trail import EventType
 from sekisho.trail.verify import Head, read_lines, verify_entries
 
 RECOVERY_CODES_PER_USER = 5
@@ -198,6 +199,8 @@ def provision(registry: Registry, request_bytes: bytes, *, confirmed_fingerprint
                    request.device_id, now, request.device_id))
         c.execute("DELETE FROM recovery WHERE device_id = ?", (request.device_id,))
         _store_recovery(c, registry, request.device_id, recovery)
+    registry.record(EventType.DEVICE_PROVISIONED, device=request.device_id, serial=serial, users=list(users),
+                    fingerprint=request.fingerprint, iccid=sim.iccid)
     return data
 
 
@@ -210,6 +213,7 @@ def recovery_code(registry: Registry, device_id: str, user_id: str, key_id: str)
             raise RegistryError(f"No recovery code {key_id} for {user_id} on {device_id}.")
         c.execute("UPDATE recovery SET issued = ? WHERE device_id = ? AND user_id = ? AND key_id = ?",
                   (int(time.time()), device_id, user_id, key_id.upper()))
+    registry.record(EventType.RECOVERY_CODE_ISSUED, user_id, device=device_id, key_id=key_id.upper())
     return registry.unseal("recovery", f"{device_id}/{user_id}/{key_id.upper()}", row[0]).decode()
 
 
@@ -223,6 +227,8 @@ def extension_code(registry: Registry, device_id: str, end: dt.date) -> str:
         secrets["ext_seq"] = int(secrets.get("ext_seq", 0)) + 1
         c.execute("UPDATE devices SET secrets = ? WHERE id = ?",
                   (registry.seal("devices", device_id, codec.encode(secrets)), device_id))
+    registry.record(EventType.EXTENSION_CODE_ISSUED, device=device_id, end=end.isoformat(),
+                    sequence=secrets["ext_seq"])
     return codes.make_extension_code(secrets["extension_key"], device_id, end, secrets["ext_seq"])
 
 
@@ -309,5 +315,8 @@ def checkin(registry: Registry, request_bytes: bytes, *, signed_policy: SignedPo
         c.execute("UPDATE devices SET serial = ?, last_head = ?, last_checkin = ?, users = ? WHERE id = ?",
                   (serial, head, now, json.dumps(revisions), device.device_id))
         _store_recovery(c, registry, device.device_id, recovery)
+    registry.record(EventType.DEVICE_CHECKED_IN, device=device.device_id, serial=serial, head=head,
+                    removed=revoked, updated=changed, reenabled=list(reenable), anomaly=anomaly,
+                    it_key_next=crypto.key_fingerprint(rotation.policy.it_public) if rotation else None)
     return CheckinResult(renewal=renewal, head=head, entries=entries, removed=revoked, anomaly=anomaly,
                          updated=changed)

@@ -24,6 +24,7 @@ from sekisho.errors import SekishoError
 from sekisho.store.keysource import DeviceKeySource
 from sekisho.store.records import KeySlot, UserRecord
 from sekisho.store.sealed import SealedDatabase
+from sekisho.trail import EventType, Trail
 
 APPLICATION_ID = 0x534B5247  # "SKRG"
 FORMAT_VERSION = 1
@@ -76,10 +77,24 @@ class Registry(SealedDatabase):
     SCHEMA = _SCHEMA
     ROWS_LABEL = "registry"
 
+    #: IT's own signed log (``it-log.jsonl``): every change and every code issued goes there.
+    log: Trail | None = None
+
     @classmethod
     def create(cls, path: Path, station_keys: DeviceKeySource) -> Registry:
         """A new, empty registry; the station key is made in ``station_keys`` if it has none."""
         return cls._create(path, station_keys, lambda registry: None)
+
+    def record(self, event: EventType, user: str | None = None, **details: Any) -> None:
+        """Append to IT's log, if one is attached (never a secret: names and ids only)."""
+        if self.log is not None:
+            self.log.append(event, user=user, details={k: v for k, v in details.items() if v is not None})
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
+            self.log = None
+        super().close()
 
     def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         return self._write()
@@ -97,6 +112,7 @@ class Registry(SealedDatabase):
             if c.execute("SELECT 1 FROM users WHERE id = ?", (record.user_id,)).fetchone():
                 raise RegistryError(f"Staff id {record.user_id} is already registered.")
             c.execute("INSERT INTO users VALUES (?, ?, 1, ?)", (record.user_id, record.to_cbor(), int(time.time())))
+        self.record(EventType.USER_ADDED, record.user_id, department=record.department, roles=list(record.roles))
 
     def user(self, user_id: str) -> tuple[UserRecord, bool]:
         row = self._conn.execute("SELECT record, enabled FROM users WHERE id = ?", (user_id,)).fetchone()
@@ -123,6 +139,8 @@ class Registry(SealedDatabase):
                 c.execute("INSERT INTO slots VALUES (?, ?, ?, ?, ?, ?)", (
                     record.user_id, slot.slot_id, slot.kind.value, aaguid.hex() if isinstance(aaguid, bytes) else None,
                     self.seal("slots", f"{record.user_id}/{slot.slot_id}", slot.to_cbor()), int(time.time())))
+        self.record(EventType.USER_ENROLLED, record.user_id, slots=[s.kind.value for s in slots],
+                    revision=record.revision)
 
     def slots(self, user_id: str) -> list[KeySlot]:
         return [KeySlot.from_cbor(self.unseal("slots", f"{user_id}/{sid}", blob)) for sid, blob in
@@ -132,6 +150,7 @@ class Registry(SealedDatabase):
         with self.transaction() as c:
             if c.execute("DELETE FROM slots WHERE user_id = ? AND slot_id = ?", (user_id, slot_id)).rowcount == 0:
                 raise RegistryError(f"{user_id} has no slot {slot_id}.")
+        self.record(EventType.FACTOR_REVOKED, user_id, slot=slot_id)
 
     def set_enabled(self, user_id: str, enabled: bool) -> None:
         with self.transaction() as c:
@@ -139,6 +158,7 @@ class Registry(SealedDatabase):
                 raise RegistryError(f"There is no staff id {user_id} in the registry.")
             if not enabled:
                 c.execute("INSERT INTO revocations VALUES (?, NULL, ?, NULL)", (user_id, int(time.time())))
+        self.record(EventType.USER_ENABLED if enabled else EventType.USER_DISABLED, user_id)
 
     # --- roles -----------------------------------------------------------------------------
 
@@ -146,6 +166,7 @@ class Registry(SealedDatabase):
         with self.transaction() as c:
             c.execute("INSERT OR REPLACE INTO roles VALUES (?, ?, ?)",
                       (name, json.dumps(apps, ensure_ascii=False), json.dumps(citrix, ensure_ascii=False)))
+        self.record(EventType.ROLE_SET, role=name, apps=list(apps))
 
     def role(self, name: str) -> tuple[list[str], dict[str, str]]:
         row = self._conn.execute("SELECT apps, citrix FROM roles WHERE name = ?", (name,)).fetchone()

@@ -92,4 +92,12 @@ def test_station_and_laptop_through_their_commands(tmp_path: Path) -> None:
     run(office, "sekisho-enroll", "user", "revoke-factor", "K10234", "1", "--yes")
     assert json.loads(run(office, "sekisho-enroll", "user", "show", "K10234", "--json").stdout)["slots"] == []
     run(office, "sekisho-enroll", "registry", "backup", "backup.db")
+    # Every change went to IT's signed log, which verifies like a laptop's trail.
+    from sekisho.trail import read_file
+
+    events = [e.event for e in read_file(office / "it-log.jsonl")]
+    for expected in ("user-added", "user-enrolled", "role-set", "device-provisioned", "device-checked-in",
+                     "user-disabled", "factor-revoked"):
+        assert expected in events
+    run(office, "sekisho-audit", "verify", "it-log.jsonl", "--root", "it-log-root.pem")
     assert (office / "backup.db").stat().st_size > 0

@@ -64,6 +64,20 @@ class EventType(StrEnum):
     LEASE_WARNING = "lease-warning"
     CLOCK_ANOMALY = "clock-anomaly"
     TAMPERING_DETECTED = "tampering-detected"
+    # IT's own log at the enrolment station (same format, the station's keys):
+    USER_ADDED = "user-added"
+    USER_UPDATED = "user-updated"
+    USER_ENROLLED = "user-enrolled"
+    USER_DISABLED = "user-disabled"
+    USER_ENABLED = "user-enabled"
+    FACTOR_REVOKED = "factor-revoked"
+    ROLE_SET = "role-set"
+    DEVICE_PROVISIONED = "device-provisioned"
+    DEVICE_CHECKED_IN = "device-checked-in"
+    RECOVERY_CODE_ISSUED = "recovery-code-issued"
+    EXTENSION_CODE_ISSUED = "extension-code-issued"
+    ROSTER_IMPORTED = "roster-imported"
+    OFFICE_CHECK = "office-check"
 
 
 def sha256_hex(data: bytes) -> str:
