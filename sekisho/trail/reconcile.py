@@ -42,32 +42,25 @@ class Reconciliation:
                 "used_without_issue": [one(c) for c in self.used_without_issue], "clean": self.clean}
 
 
-def _issued(entries: Iterable[TrailEntry]) -> list[CodeUse]:
+def _uses(entries: Iterable[TrailEntry], event: EventType) -> list[CodeUse]:
+    """The code events of one kind. IT's log names the laptop in the details; a laptop's
+    trail names itself in the body."""
     out = []
     for e in entries:
         body = e.body
-        if body and body.get("event") == EventType.RECOVERY_CODE_ISSUED:
-            d = body.get("details") or {}
-            out.append(CodeUse(str(d.get("device")), str(body.get("user")), str(d.get("key_id")), e.header.time))
-    return out
-
-
-def _used(entries: Iterable[TrailEntry]) -> list[CodeUse]:
-    out = []
-    for e in entries:
-        body = e.body
-        if body and body.get("event") == EventType.RECOVERY:
-            d = body.get("details") or {}
-            out.append(CodeUse(str(body.get("device")), str(body.get("user")), str(d.get("key_id")), e.header.time))
+        if body and body.get("event") == event:
+            details = body.get("details") or {}
+            device = details.get("device", body.get("device"))
+            out.append(CodeUse(str(device), str(body.get("user")), str(details.get("key_id")), e.header.time))
     return out
 
 
 def reconcile(it_log: Iterable[TrailEntry], laptop_trails: Iterable[Iterable[TrailEntry]]) -> Reconciliation:
-    issued = {(c.device, c.user, c.key_id): c for c in _issued(it_log)}
+    issued = {(c.device, c.user, c.key_id): c for c in _uses(it_log, EventType.RECOVERY_CODE_ISSUED)}
     result = Reconciliation()
     seen: set[tuple[str, str, str]] = set()
     for trail in laptop_trails:
-        for use in _used(trail):
+        for use in _uses(trail, EventType.RECOVERY):
             key = (use.device, use.user, use.key_id)
             if key in issued and key not in seen:
                 result.matched.append((issued[key], use))
