@@ -34,16 +34,17 @@ import click
 
 from enroll import office
 from enroll.commands import run
+from enroll.officecheck import NotAtTheOffice, check_office
 from enroll.registry import Registry
 from sekisho import crypto
 from sekisho.bundle import DeviceRequest
 from sekisho.factors.interaction import Prompt, UserInteraction
 from sekisho.factors.totp import TotpSeed, matching_step
 from sekisho.files import atomic_write
-from sekisho.policy import load_policy_file, parse_policy, sign_policy
+from sekisho.policy import Policy, load_policy_file, parse_policy, sign_policy
 from sekisho.store.keysource import DeviceKeySource, InsecureFileKeySource, KeyringKeySource
 from sekisho.store.records import SlotKind, UserRecord
-from sekisho.trail import Trail
+from sekisho.trail import EventType, Trail
 
 
 def _secret(label: str) -> str:
@@ -116,6 +117,17 @@ class Station:
             return crypto.ed25519_public_of(private)
         finally:
             crypto.wipe(private)
+
+    def at_the_office(self, policy: Policy) -> None:
+        """Refuse unless the policy's office-network check passes; either way, IT's log says so."""
+        try:
+            host = check_office(policy)
+        except NotAtTheOffice as exc:
+            with self.registry() as reg:
+                reg.record(EventType.OFFICE_CHECK, ok=False, problem=str(exc))
+            raise
+        with self.registry() as reg:
+            reg.record(EventType.OFFICE_CHECK, ok=True, host=host)
 
     def signed_policy(self, path: Path) -> office.SignedPolicy:
         policy_path = Path(path)
@@ -317,6 +329,7 @@ def user_enrol(station: Station, user_id: str, slots: tuple[str, ...], fido2: bo
     from fido2.ctap import CtapDevice
 
     signed = station.signed_policy(policy_path)
+    station.at_the_office(signed.policy)
     kinds = [SlotKind(s) for s in slots]
     if fido2:
         kinds.append(SlotKind.PIN_FIDO2 if with_passphrase else SlotKind.FIDO2_UV)
@@ -510,8 +523,9 @@ def device_provision(station: Station, request: Path, users: tuple[str, ...], ro
         click.echo(f"Laptop {parsed.device_id} ({parsed.host}). Compare with the laptop's screen.", err=True)
         confirmed = click.prompt("Fingerprint shown on the laptop", err=True) if sys.stdin.isatty() else \
             sys.stdin.readline().strip()
-    sim = office.Sim(iccid=iccid, apn=apn, apn_user=apn_user, apn_password=_secret("APN password"))
     signed = station.signed_policy(policy_path)
+    station.at_the_office(signed.policy)
+    sim = office.Sim(iccid=iccid, apn=apn, apn_user=apn_user, apn_password=_secret("APN password"))
     private = station.it_private()
     try:
         with station.registry() as reg:
@@ -536,6 +550,7 @@ def device_checkin(station: Station, request: Path, policy_path: Path, output: P
                    reenable: tuple[str, ...]) -> None:
     """Verify the laptop's trail, store it, and write its renewal."""
     signed = station.signed_policy(policy_path)
+    station.at_the_office(signed.policy)
     private = station.it_private()
     next_key = station.next_it_keys.load()
     rotation = None

@@ -23,6 +23,7 @@ from sekisho.factors.passphrase import PASSPHRASE_FLOOR
 from sekisho.store.records import DEFAULT_SLOT_KINDS, POLICY_SLOT_KINDS, SlotKind
 
 POLICY_VERSION = 1
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 _AAGUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 SIGNATURE_SUFFIX = ".sig"
 
@@ -44,6 +45,10 @@ class Policy:
     lease_days: int = 14
     #: Unlocks allowed between check-ins; 0: no limit.
     lease_max_unlocks: int = 0
+    #: Office-network check at the enrolment station: TLS to one of these ``host:port``...
+    office_hosts: tuple[str, ...] = ()
+    #: ...whose certificate's SHA-256 (DER, hex) is one of these.
+    office_fingerprints: tuple[str, ...] = ()
     version: int = POLICY_VERSION
 
     def __post_init__(self) -> None:
@@ -58,6 +63,15 @@ class Policy:
             raise PolicyError("lease.days must be between 1 and 90.")
         if self.lease_max_unlocks < 0:
             raise PolicyError("lease.max_unlocks must be 0 (no limit) or more.")
+        for host in self.office_hosts:
+            name, _, port = str(host).rpartition(":")
+            if not name or not port.isdigit() or not 0 < int(port) < 65536:
+                raise PolicyError(f"office.hosts: {host!r} is not host:port.")
+        for fingerprint in self.office_fingerprints:
+            if not isinstance(fingerprint, str) or not _SHA256.fullmatch(fingerprint):
+                raise PolicyError(f"office.fingerprints: {fingerprint!r} is not 64 lower-case hex digits (SHA-256).")
+        if bool(self.office_hosts) != bool(self.office_fingerprints):
+            raise PolicyError("office.hosts and office.fingerprints go together.")
         if not self.permitted_slot_kinds:
             raise PolicyError("slots.permitted must name at least one slot kind.")
         if len(set(self.permitted_slot_kinds)) != len(self.permitted_slot_kinds):
@@ -73,6 +87,8 @@ class Policy:
     def to_toml(self) -> str:
         kinds = ", ".join(f'"{k.value}"' for k in self.permitted_slot_kinds)
         aaguids = ", ".join(f'"{a}"' for a in self.aaguids)
+        hosts = ", ".join(f'"{h}"' for h in self.office_hosts)
+        fingerprints = ", ".join(f'"{f}"' for f in self.office_fingerprints)
         a = self.argon2
         return (
             f"# Sekisho policy, signed by IT. Any change needs a new signature.\n"
@@ -84,7 +100,8 @@ class Policy:
             f"[authenticators]\nallow_software = {str(self.allow_software_authenticators).lower()}\n"
             f"aaguids = [{aaguids}]\n\n"
             f"[totp]\ndrift_steps = {self.totp_drift_steps}\n\n"
-            f"[lease]\ndays = {self.lease_days}\nmax_unlocks = {self.lease_max_unlocks}\n"
+            f"[lease]\ndays = {self.lease_days}\nmax_unlocks = {self.lease_max_unlocks}\n\n"
+            f"[office]\nhosts = [{hosts}]\nfingerprints = [{fingerprints}]\n"
         )
 
 
@@ -101,6 +118,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, str]]] = {
     "authenticators": {"allow_software": (bool, "allow_software_authenticators"), "aaguids": (list, "aaguids")},
     "totp": {"drift_steps": (int, "totp_drift_steps")},
     "lease": {"days": (int, "lease_days"), "max_unlocks": (int, "lease_max_unlocks")},
+    "office": {"hosts": (list, "office_hosts"), "fingerprints": (list, "office_fingerprints")},
 }
 
 
@@ -145,8 +163,9 @@ def parse_policy(text: bytes) -> Policy:
                 raise PolicyError(f"slots.permitted names an unknown slot kind {name!r}.")
             kinds.append(kind)
         values["permitted_slot_kinds"] = tuple(kinds)
-    if "aaguids" in values:
-        values["aaguids"] = tuple(values["aaguids"])
+    for name in ("aaguids", "office_hosts", "office_fingerprints"):
+        if name in values:
+            values[name] = tuple(values[name])
     if argon2:
         try:
             values["argon2"] = replace(Argon2Params(), **argon2)

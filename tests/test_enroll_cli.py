@@ -16,6 +16,7 @@ from sekisho.policy import Policy
 from sekisho.store.keysource import InsecureFileKeySource
 from sekisho.store.records import SlotKind
 from tests.conftest import FAST_ARGON2, remember
+from tests.tls_helpers import free_port, self_signed, tls_server
 
 BIN = Path(sys.executable).parent
 PASSPHRASE = "aki no sora ni kumo 6"
@@ -34,13 +35,20 @@ def run(cwd: Path, tool: str, *args: str, stdin: str = "", ok: bool = True) -> s
 
 
 def test_station_and_laptop_through_their_commands(tmp_path: Path) -> None:
+    cert, key, fingerprint = self_signed(tmp_path, "office-proxy")
+    with tls_server(cert, key) as office_host:
+        station_and_laptop(tmp_path, office_host, fingerprint)
+
+
+def station_and_laptop(tmp_path: Path, office_host: str, office_fingerprint: str) -> None:
     office, laptop = tmp_path / "office", tmp_path / "laptop"
     office.mkdir()
     (office / "keys").mkdir()
     run(office, "sekisho-enroll", "registry", "init")
     run(office, "sekisho-enroll", "policy", "keygen", "-o", "it-public.pem")
     policy = Policy(permitted_slot_kinds=(SlotKind.FIDO2_UV, SlotKind.PIN_TOTP), argon2=FAST_ARGON2,
-                    allow_software_authenticators=True)
+                    allow_software_authenticators=True, office_hosts=(office_host,),
+                    office_fingerprints=(office_fingerprint,))
     (office / "policy.toml").write_text(policy.to_toml())
     run(office, "sekisho-enroll", "policy", "sign", "policy.toml")
     assert "Signature: valid" in run(office, "sekisho-enroll", "policy", "check", "policy.toml").stdout
@@ -101,3 +109,27 @@ def test_station_and_laptop_through_their_commands(tmp_path: Path) -> None:
         assert expected in events
     run(office, "sekisho-audit", "verify", "it-log.jsonl", "--root", "it-log-root.pem")
     assert (office / "backup.db").stat().st_size > 0
+
+
+def test_away_from_the_office_nothing_is_enrolled_or_provisioned(tmp_path: Path) -> None:
+    office = tmp_path / "office"
+    office.mkdir()
+    (office / "keys").mkdir()
+    run(office, "sekisho-enroll", "registry", "init")
+    run(office, "sekisho-enroll", "policy", "keygen")
+    _, _, fingerprint = self_signed(tmp_path, "office-proxy")
+    policy = Policy(permitted_slot_kinds=(SlotKind.PIN_TOTP,), argon2=FAST_ARGON2,
+                    office_hosts=(f"127.0.0.1:{free_port()}",), office_fingerprints=(fingerprint,))
+    (office / "policy.toml").write_text(policy.to_toml())
+    run(office, "sekisho-enroll", "policy", "sign", "policy.toml")
+    run(office, "sekisho-enroll", "user", "add", "K10234", "--name", "佐藤 美咲")
+    code = TotpSeed.from_base32(SEED).code_at(__import__("time").time())
+    refused = run(office, "sekisho-enroll", "user", "enrol", "K10234", "--totp", "--totp-seed", SEED,
+                  stdin=f"{PASSPHRASE}\n{PASSPHRASE}\n{code}\n", ok=False)
+    assert refused.returncode == 1 and "Not on the office network" in refused.stderr
+    users = json.loads(run(office, "sekisho-enroll", "user", "list", "--json").stdout)
+    assert users[0]["slots"] == []
+    from sekisho.trail import read_file
+
+    checks = [e.body for e in read_file(office / "it-log.jsonl") if e.event == "office-check"]
+    assert checks and checks[-1]["details"]["ok"] is False
