@@ -9,9 +9,9 @@ STAMP  := $(VENV)/.sekisho-installed
 DEMO_OUT ?= demo-out
 export DEMO_OUT
 
-DEBIAN_PACKAGES := oathtool gnome-keyring dbus openssl python3 util-linux passwd
+DEBIAN_PACKAGES := oathtool gnome-keyring dbus openssl python3 util-linux passwd slapd ldap-utils
 # Commands that show the Debian packages are there.
-DEBIAN_CHECK    := oathtool gnome-keyring-daemon dbus-run-session dbus-send openssl /usr/bin/python3 runuser useradd
+DEBIAN_CHECK    := oathtool gnome-keyring-daemon dbus-run-session dbus-send openssl /usr/bin/python3 runuser useradd /usr/sbin/slapd ldapadd
 
 .PHONY: demo test lint typecheck unit bench system-deps clean help
 

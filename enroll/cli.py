@@ -9,6 +9,7 @@
     sekisho-enroll device provision REQUEST --user ID... --confirm FINGERPRINT --iccid … --apn … -o BUNDLE
     sekisho-enroll device checkin REQUEST -o RENEWAL [--accept-anomaly]
     sekisho-enroll device list
+    sekisho-enroll roster import | diff --csv FILE [--map FIELD=HEADER] | --ldap URL --base DN [--group-map G=ROLE]
     sekisho-enroll helpdesk recovery --device ID --user ID --key-id KID | extend --device ID --days N
 
 Keys: IT's signing key and the station key live in the OS keyring (``--keys-dir`` uses plain
@@ -586,6 +587,109 @@ def device_list(station: Station, as_json: bool) -> None:
         return
     for row in rows:
         click.echo(f"{row['id']}  serial {row['serial']}  users {', '.join(row['users'])}  head {row['last_head']}")
+
+
+# --- roster ----------------------------------------------------------------------------------------
+
+
+@cli.group()
+def roster() -> None:
+    """Staff lists from a CSV export or Active Directory / LDAP."""
+
+
+def _load_roster(station: Station, csv_path: Path | None, mapping: tuple[str, ...], ldap_options: dict[str, Any]
+                 ) -> tuple[Any, Registry]:
+    from enroll import roster as rosters
+
+    reg = station.registry()
+    try:
+        known = reg.role_names()
+        if csv_path is not None:
+            return rosters.read_csv(csv_path.read_bytes(), mapping=rosters.parse_mapping(mapping),
+                                    known_roles=known, source=str(csv_path)), reg
+        if ldap_options.get("url"):
+            from enroll.directory import read_ldap
+
+            return read_ldap(known_roles=known, **ldap_options), reg
+        raise click.UsageError("Give --csv FILE or --ldap URL --base DN.")
+    except BaseException:
+        reg.close()
+        raise
+
+
+def _report(changes: Any, rejections: Sequence[Any]) -> None:
+    for r in rejections:
+        click.echo(f"  line {r.line}: {r.reason}", err=True)
+    click.echo(f"{len(changes.added)} new, {len(changes.updated)} updated, {changes.unchanged} unchanged.")
+    for entry, fields in changes.updated:
+        click.echo(f"  updated {entry.user_id}: {', '.join(fields)}")
+    if changes.leavers:
+        click.echo(f"Leavers (in the registry, not in the roster; NOT removed — disable them with "
+                   f"`user disable`): {', '.join(changes.leavers)}")
+
+
+_ldap_options = [
+    click.option("--ldap", "ldap_url", help="ldap:// or ldaps:// URL of Active Directory or OpenLDAP."),
+    click.option("--base", "ldap_base", help="The search base (DN)."),
+    click.option("--bind", "ldap_bind", help="The DN (or user@domain) to bind as; its password is asked."),
+    click.option("--group-map", "group_map", multiple=True, help="GROUP=ROLE: a group (cn or DN) gives a role."),
+]
+
+
+def _with_ldap(f: Any) -> Any:
+    for option in reversed(_ldap_options):
+        f = option(f)
+    return f
+
+
+@roster.command("import")
+@click.option("--csv", "csv_path", type=click.Path(exists=True, path_type=Path))
+@click.option("--map", "mapping", multiple=True, help="FIELD=HEADER, e.g. id=社員番号 (fields: id, name, kana, "
+              "department, roles).")
+@_with_ldap
+@click.pass_obj
+def roster_import(station: Station, csv_path: Path | None, mapping: tuple[str, ...], ldap_url: str | None,
+                  ldap_base: str | None, ldap_bind: str | None, group_map: tuple[str, ...]) -> None:
+    """Add and update staff from the roster; report leavers (never removed silently)."""
+    from enroll import roster as rosters
+
+    options = _ldap(ldap_url, ldap_base, ldap_bind, group_map)
+    staff, reg = _load_roster(station, csv_path, mapping, options)
+    with reg:
+        if staff.rejections:
+            _report(rosters.RosterChanges(), staff.rejections)
+        changes = rosters.import_roster(reg, staff)
+    _report(changes, [])
+
+
+@roster.command("diff")
+@click.option("--csv", "csv_path", type=click.Path(exists=True, path_type=Path))
+@click.option("--map", "mapping", multiple=True)
+@_with_ldap
+@click.pass_obj
+def roster_diff(station: Station, csv_path: Path | None, mapping: tuple[str, ...], ldap_url: str | None,
+                ldap_base: str | None, ldap_bind: str | None, group_map: tuple[str, ...]) -> None:
+    """What an import would change (nothing is written)."""
+    from enroll import roster as rosters
+
+    staff, reg = _load_roster(station, csv_path, mapping, _ldap(ldap_url, ldap_base, ldap_bind, group_map))
+    with reg:
+        _report(rosters.diff(reg, staff), staff.rejections)
+
+
+def _ldap(url: str | None, base: str | None, bind: str | None, group_map: tuple[str, ...]) -> dict[str, Any]:
+    if not url:
+        return {}
+    if not base:
+        raise click.UsageError("--ldap needs --base DN.")
+    groups = {}
+    for pair in group_map:
+        group, sep, role = pair.rpartition("=")
+        if not sep or not group or not role:
+            raise click.UsageError(f"--group-map {pair!r}: expected GROUP=ROLE.")
+        groups[group] = role
+    return {"url": url, "base": base, "bind": bind, "password": _secret("LDAP password") if bind else None,
+            "group_map": groups}
 
 
 # --- helpdesk --------------------------------------------------------------------------------------

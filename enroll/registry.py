@@ -168,6 +168,9 @@ class Registry(SealedDatabase):
                       (name, json.dumps(apps, ensure_ascii=False), json.dumps(citrix, ensure_ascii=False)))
         self.record(EventType.ROLE_SET, role=name, apps=list(apps))
 
+    def role_names(self) -> list[str]:
+        return [n for (n,) in self._conn.execute("SELECT name FROM roles ORDER BY name")]
+
     def role(self, name: str) -> tuple[list[str], dict[str, str]]:
         row = self._conn.execute("SELECT apps, citrix FROM roles WHERE name = ?", (name,)).fetchone()
         if row is None:
