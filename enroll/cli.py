@@ -574,6 +574,22 @@ def device_checkin(station: Station, request: Path, policy_path: Path, output: P
                + ("; announces IT's next key" if rotation else ""))
 
 
+@device_group.command("retire")
+@click.argument("device_id")
+@click.option("--reason", required=True, help="e.g. lost, stolen, decommissioned.")
+@click.option("--yes", is_flag=True, help="Do not ask.")
+@click.pass_obj
+def device_retire(station: Station, device_id: str, reason: str, yes: bool) -> None:
+    """A lost or decommissioned laptop: never provisioned or checked in again."""
+    if not yes and not click.confirm(f"Retire {device_id} for good?", err=True):
+        raise click.exceptions.Abort
+    with station.registry() as reg:
+        reg.retire_device(device_id, reason)
+        sim = reg.device(device_id)
+    click.echo(f"{device_id} retired. Now ask the carrier to change the APN password of SIM "
+               f"{sim.sim.get('iccid') if sim else '?'} (the laptop holds it in its grants).")
+
+
 @device_group.command("list")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj

@@ -174,6 +174,8 @@ def provision(registry: Registry, request_bytes: bytes, *, confirmed_fingerprint
     policy = signed_policy.policy
     now = int(now or time.time())
     existing = registry.device(request.device_id)
+    if registry.is_retired(request.device_id):
+        raise BundleError(f"Device {request.device_id} is retired (lost or decommissioned): refused.")
     if existing is not None and existing.fingerprint != request.fingerprint:
         raise BundleError(f"Device {request.device_id} is registered with another identity; retire it first.")
     serial = (existing.serial if existing else 0) + 1
@@ -268,6 +270,9 @@ def checkin(registry: Registry, request_bytes: bytes, *, signed_policy: SignedPo
     device = registry.device(request.device_id)
     if device is None:
         raise RegistryError(f"Device {request.device_id} is not registered here.")
+    if registry.is_retired(device.device_id):
+        raise RegistryError(f"Device {device.device_id} is retired (reported lost or decommissioned): refused.",
+                            advice="Keep the laptop aside and report it; export its trail for the auditors.")
     registered = DeviceRequest.from_bytes(device.request)
     anomaly = None
     try:

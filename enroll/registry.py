@@ -36,7 +36,7 @@ CREATE TABLE slots (user_id TEXT NOT NULL, slot_id INTEGER NOT NULL, kind TEXT N
 CREATE TABLE roles (name TEXT PRIMARY KEY, apps TEXT NOT NULL, citrix TEXT NOT NULL);
 CREATE TABLE devices (id TEXT PRIMARY KEY, request BLOB NOT NULL, fingerprint TEXT NOT NULL, serial INTEGER NOT NULL,
                       users TEXT NOT NULL, sim TEXT NOT NULL, secrets BLOB NOT NULL, last_head TEXT,
-                      created INTEGER NOT NULL, last_checkin INTEGER);
+                      created INTEGER NOT NULL, last_checkin INTEGER, retired INTEGER);
 CREATE TABLE recovery (device_id TEXT NOT NULL, user_id TEXT NOT NULL, key_id TEXT NOT NULL, code BLOB NOT NULL,
                        issued INTEGER, PRIMARY KEY (device_id, user_id, key_id));
 CREATE TABLE checkins (device_id TEXT NOT NULL, at INTEGER NOT NULL, head TEXT NOT NULL, trail BLOB NOT NULL,
@@ -187,6 +187,17 @@ class Registry(SealedDatabase):
         return DeviceRow(device_id=row[0], request=row[1], fingerprint=row[2], serial=row[3],
                          delivered=json.loads(row[4]), sim=json.loads(row[5]), last_head=row[6],
                          last_checkin=row[7])
+
+    def retire_device(self, device_id: str, reason: str) -> None:
+        """A lost or decommissioned laptop: never provisioned or checked in again."""
+        with self.transaction() as c:
+            if c.execute("UPDATE devices SET retired = strftime('%s','now') WHERE id = ?", (device_id,)).rowcount == 0:
+                raise RegistryError(f"There is no device {device_id} in the registry.")
+        self.record(EventType.DEVICE_RETIRED, device=device_id, reason=reason)
+
+    def is_retired(self, device_id: str) -> bool:
+        row = self._conn.execute("SELECT retired FROM devices WHERE id = ?", (device_id,)).fetchone()
+        return bool(row and row[0])
 
     def device_secrets(self, device_id: str) -> dict[str, Any]:
         row = self._conn.execute("SELECT secrets FROM devices WHERE id = ?", (device_id,)).fetchone()

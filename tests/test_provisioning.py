@@ -423,3 +423,15 @@ def test_a_checkin_delivers_new_slots_reenables_and_announces_the_next_it_key(st
     old_signed = provision(station, (laptop / "device-request.json").read_bytes())
     with pytest.raises(BundleError, match="signature is not IT's"):
         device.install(laptop, key_source(laptop), old_signed)
+
+
+def test_a_retired_laptop_is_never_provisioned_or_checked_in_again(station: Station, tmp_path: Path) -> None:
+    laptop = tmp_path / "laptop"
+    request = init_laptop(station, laptop)
+    device.install(laptop, key_source(laptop), provision(station, request))
+    station.registry.retire_device(json.loads(request)["device_id"], "lost")
+    with pytest.raises(BundleError, match="retired"):
+        provision(station, request)
+    with pytest.raises(RegistryError, match="retired"):
+        office.checkin(station.registry, device.checkin_request(laptop, key_source(laptop)).to_bytes(),
+                       signed_policy=station.policy, it_private=station.it_private)

@@ -74,6 +74,7 @@ class EventType(StrEnum):
     ROLE_SET = "role-set"
     DEVICE_PROVISIONED = "device-provisioned"
     DEVICE_CHECKED_IN = "device-checked-in"
+    DEVICE_RETIRED = "device-retired"
     RECOVERY_CODE_ISSUED = "recovery-code-issued"
     EXTENSION_CODE_ISSUED = "extension-code-issued"
     ROSTER_IMPORTED = "roster-imported"
