@@ -301,6 +301,12 @@ def checkin(registry: Registry, request_bytes: bytes, *, signed_policy: SignedPo
     # Users re-enrolled since get their new slots; during a rotation everyone gets grants
     # signed by the next key (the laptop will check grants against that key only).
     changed = kept if rotation else [u for u in kept if revisions[u] != device.delivered.get(u)]
+    # A user whose every factor was revoked leaves the laptop until they are enrolled again.
+    slotless = [u for u in changed if not registry.slots(u)]
+    changed = [u for u in changed if u not in slotless]
+    revoked = [*revoked, *slotless]
+    kept = [u for u in kept if u not in slotless]
+    revisions = {u: r for u, r in revisions.items() if u in kept}
     secrets = registry.device_secrets(device.device_id)
     sim = Sim(iccid=device.sim["iccid"], apn=device.sim["apn"], apn_user=device.sim["apn_user"],
               apn_password=secrets["apn_password"])

@@ -15,7 +15,7 @@ import contextlib
 import json
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +150,11 @@ class Registry(SealedDatabase):
         with self.transaction() as c:
             if c.execute("DELETE FROM slots WHERE user_id = ? AND slot_id = ?", (user_id, slot_id)).rowcount == 0:
                 raise RegistryError(f"{user_id} has no slot {slot_id}.")
+            # A new revision: each laptop receives the remaining slots at its next check-in.
+            row = c.execute("SELECT record FROM users WHERE id = ?", (user_id,)).fetchone()
+            record = UserRecord.from_cbor(row[0])
+            c.execute("UPDATE users SET record = ? WHERE id = ?",
+                      (replace(record, revision=record.revision + 1).to_cbor(), user_id))
         self.record(EventType.FACTOR_REVOKED, user_id, slot=slot_id)
 
     def set_enabled(self, user_id: str, enabled: bool) -> None:

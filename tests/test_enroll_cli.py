@@ -81,9 +81,20 @@ def station_and_laptop(tmp_path: Path, office_host: str, office_fingerprint: str
                 str(tmp_path / "laptop.key"), str(office / "bundle.json"), ok=False)
     assert again.returncode == 1 and "not newer" in again.stderr
 
+    device_id = json.loads((laptop / "device-request.json").read_text())["device_id"]
+    extension = run(office, "sekisho-enroll", "helpdesk", "extend", "--device", device_id, "--days", "5").stdout
+    assert len(extension.strip().split("-")) == 5
     key = SoftKey.load(office / "finger.json")  # as the enrolment left it
     service = Service.open(laptop, InsecureFileKeySource(tmp_path / "laptop.key"), devices=lambda: [key])
     assert service.gate.unlock("K30712", ScriptedInteraction()).grant.apps == ("証明書交付",)
+    service.gate.lock()
+    key_id = service.gate.recovery_key_ids("K30712")[0]
+    code = run(office, "sekisho-enroll", "helpdesk", "recovery", "--device", device_id, "--user", "K30712",
+               "--key-id", key_id)
+    assert "本人確認" in code.stderr
+    assert service.gate.recover("K30712", code.stdout.strip(), ScriptedInteraction()).recovered
+    service.gate.lock()
+    assert service.gate.extend(extension.strip()).days_left >= 4
     service.close()
 
     run(office, "sekisho-enroll", "user", "disable", "K30712", "--yes")
@@ -105,7 +116,8 @@ def station_and_laptop(tmp_path: Path, office_host: str, office_fingerprint: str
 
     events = [e.event for e in read_file(office / "it-log.jsonl")]
     for expected in ("user-added", "user-enrolled", "role-set", "device-provisioned", "device-checked-in",
-                     "user-disabled", "factor-revoked"):
+                     "user-disabled", "factor-revoked", "recovery-code-issued", "extension-code-issued",
+                     "office-check"):
         assert expected in events
     run(office, "sekisho-audit", "verify", "it-log.jsonl", "--root", "it-log-root.pem")
     assert (office / "backup.db").stat().st_size > 0

@@ -435,3 +435,17 @@ def test_a_retired_laptop_is_never_provisioned_or_checked_in_again(station: Stat
     with pytest.raises(RegistryError, match="retired"):
         office.checkin(station.registry, device.checkin_request(laptop, key_source(laptop)).to_bytes(),
                        signed_policy=station.policy, it_private=station.it_private)
+
+
+def test_a_revoked_factor_leaves_the_laptop_at_the_next_checkin(station: Station, tmp_path: Path) -> None:
+    laptop = tmp_path / "laptop"
+    device.install(laptop, key_source(laptop), provision(station, init_laptop(station, laptop)))
+    station.registry.revoke_slot("K30712", 1)  # her key was lost
+    result = office.checkin(station.registry, device.checkin_request(laptop, key_source(laptop)).to_bytes(),
+                            signed_policy=station.policy, it_private=station.it_private)
+    assert result.removed == ["K30712"]  # her only factor: she leaves the laptop until enrolled again
+    device.install(laptop, key_source(laptop), result.renewal)
+    service = open_service(station, laptop)
+    with pytest.raises(UserNotFound):  # the lost key opens nothing on this laptop any more
+        service.gate.unlock("K30712", ScriptedInteraction())
+    service.close()
