@@ -9,9 +9,12 @@ STAMP  := $(VENV)/.sekisho-installed
 DEMO_OUT ?= demo-out
 export DEMO_OUT
 
-DEBIAN_PACKAGES := oathtool gnome-keyring dbus openssl python3 util-linux passwd slapd ldap-utils
+DEBIAN_PACKAGES := oathtool gnome-keyring dbus openssl python3 util-linux passwd slapd ldap-utils \
+                   pcscd libpcsclite-dev vsmartcard-vpcd gcc
 # Commands that show the Debian packages are there.
-DEBIAN_CHECK    := oathtool gnome-keyring-daemon dbus-run-session dbus-send openssl /usr/bin/python3 runuser useradd /usr/sbin/slapd ldapadd
+DEBIAN_CHECK    := oathtool gnome-keyring-daemon dbus-run-session dbus-send openssl /usr/bin/python3 runuser useradd \
+                   /usr/sbin/slapd ldapadd /usr/sbin/pcscd /usr/include/PCSC/winscard.h \
+                   /usr/lib/pcsc/drivers/serial/libifdvpcd.so gcc
 
 .PHONY: demo test lint typecheck unit bench system-deps clean help
 
@@ -20,7 +23,8 @@ help:
 	@echo "make test   - lint, type check and the whole test suite"
 	@echo "make bench  - bench/unlock.py, bench/trail.py and bench/provision.py (--json)"
 
-$(STAMP): pyproject.toml
+# The Debian packages first: pyscard is built against libpcsclite.
+$(STAMP): pyproject.toml | system-deps
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 	  { echo "Sekisho needs Python 3.11 or newer as '$(PYTHON)'."; exit 1; }
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +33,7 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 system-deps:
-	@missing=""; for c in $(DEBIAN_CHECK); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
+	@missing=""; for c in $(DEBIAN_CHECK); do [ -e "$$c" ] || command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "Installing Debian packages: $(DEBIAN_PACKAGES)"; \

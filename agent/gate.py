@@ -32,6 +32,7 @@ from sekisho.errors import (
 )
 from sekisho.factors import fido2
 from sekisho.factors.interaction import Prompt, UserInteraction
+from sekisho.factors.piv import CardSource
 from sekisho.policy import Policy
 from sekisho.store.grants import Grant, open_grant
 from sekisho.store.records import SlotKind
@@ -95,7 +96,8 @@ class Gate:
     """The state machine. Thread-safe: one operation runs at a time."""
 
     def __init__(self, *, store: CredentialStore, policy: Policy, trail: Trail, it_public: bytes,
-                 network: NetworkBackend, clock: TrustedClock, devices: fido2.DeviceSource | None = None) -> None:
+                 network: NetworkBackend, clock: TrustedClock, devices: fido2.DeviceSource | None = None,
+                 cards: CardSource | None = None) -> None:
         self.store = store
         self.policy = policy
         self.trail = trail
@@ -104,6 +106,7 @@ class Gate:
         self.clock = clock
         self.lease = Lease(store)
         self.devices = devices or fido2.connected_keys
+        self.cards = cards
         self.session: Session | None = None
         self._lock = threading.RLock()
         self._state = GateState.LOCKED
@@ -236,7 +239,7 @@ class Gate:
             exclude = {SlotKind.PIN_TOTP} if reading.behind else set()
             try:
                 unlocked = unlock(self.store, self.policy, user_id, interaction, clock=lambda: reading.wall,
-                                  devices=self.devices, on_possession=proven, exclude=exclude)
+                                  devices=self.devices, on_possession=proven, exclude=exclude, cards=self.cards)
             except Cancelled:
                 if not possession:
                     limiter.cancelled(before)

@@ -12,9 +12,11 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 
 from sekisho import crypto
+from sekisho.devices.card import pcsc_cards
 from sekisho.errors import FactorError, IntegrityError, KeyNotFound, NoUsableSlot, UserDisabled
-from sekisho.factors import fido2, pin_totp
+from sekisho.factors import cardsig, fido2, pin_totp, piv
 from sekisho.factors.interaction import UserInteraction
+from sekisho.factors.piv import CardSource
 from sekisho.policy import Policy
 from sekisho.store.grants import Grant, open_grant, unseal_grant_key
 from sekisho.store.records import FactorKind, KeySlot, SlotKind, UserRecord
@@ -32,6 +34,7 @@ class OpenRequest:
     interaction: UserInteraction
     now: float
     devices: fido2.DeviceSource = fido2.connected_keys
+    cards: CardSource = pcsc_cards
     #: Called (durably recorded by the gate) as soon as the possession factor is proven.
     on_possession: Callable[[], None] = lambda: None
 
@@ -72,11 +75,23 @@ def _open_fido2(req: OpenRequest) -> Opened:
     return Opened(identity=result.identity, uv_method=result.uv_method)
 
 
-#: How each slot kind is opened. The card factors add theirs.
+def _open_piv(req: OpenRequest) -> Opened:
+    return Opened(identity=piv.open_slot(slot=req.slot, user_id=req.user.user_id, cards=req.cards(),
+                                         interaction=req.interaction, on_possession=req.on_possession))
+
+
+def _open_card_sig(req: OpenRequest) -> Opened:
+    return Opened(identity=cardsig.open_slot(slot=req.slot, user_id=req.user.user_id, cards=req.cards(),
+                                             interaction=req.interaction, on_possession=req.on_possession))
+
+
+#: How each slot kind is opened.
 OPENERS: dict[SlotKind, Opener] = {
     SlotKind.PIN_TOTP: _open_pin_totp,
     SlotKind.FIDO2_UV: _open_fido2,
     SlotKind.PIN_FIDO2: _open_fido2,
+    SlotKind.PIV: _open_piv,
+    SlotKind.CARD_SIG: _open_card_sig,
 }
 
 
@@ -156,6 +171,7 @@ def unlock(
     devices: fido2.DeviceSource | None = None,
     on_possession: Callable[[], None] | None = None,
     exclude: Collection[SlotKind] = (),
+    cards: CardSource | None = None,
 ) -> Unlocked:
     """Open ``user_id``'s identity with the first permitted slot they hold.
 
@@ -175,7 +191,8 @@ def unlock(
         raise NoUsableSlot("None of this user's enrolled factors is permitted on this laptop.")
     opened, slot = _open_first_present(candidates, OpenRequest(
         store=store, policy=policy, user=record, slot=candidates[0], interaction=interaction, now=clock(),
-        devices=devices or fido2.connected_keys, on_possession=on_possession or (lambda: None)))
+        devices=devices or fido2.connected_keys, on_possession=on_possession or (lambda: None),
+        cards=cards or pcsc_cards))
     if crypto.x25519_public(opened.identity) != record.identity_public:
         crypto.wipe(opened.identity)
         raise IntegrityError("The slot opened but holds another identity: the store was altered.")

@@ -78,10 +78,19 @@ DeviceSource = Callable[[], Iterable[CtapDevice]]
 
 
 def connected_keys() -> list[CtapDevice]:
-    """Every FIDO2 key on USB (HID). NFC keys through PC/SC join with the smart card support."""
+    """Every FIDO2 key on USB (HID), and on NFC readers (PC/SC) when pyscard is installed."""
     from fido2.hid import CtapHidDevice
 
-    return list(CtapHidDevice.list_devices())
+    keys: list[CtapDevice] = list(CtapHidDevice.list_devices())
+    try:
+        from fido2.pcsc import CtapPcscDevice
+    except ImportError:  # no smart card support installed
+        return keys
+    try:
+        keys += list(CtapPcscDevice.list_devices())
+    except Exception as exc:  # no PC/SC service: USB keys still work
+        log.info("no NFC keys: %s", exc)
+    return keys
 
 
 @dataclass(frozen=True, kw_only=True)
