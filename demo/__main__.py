@@ -43,7 +43,10 @@ from agent.service import Service
 from enroll import office
 from enroll.registry import Registry
 from sekisho import crypto
+from sekisho.devices.card import SmartCardConnection, pcsc_cards
 from sekisho.devices.softkey import SoftKey
+from sekisho.devices.vjpki import VirtualJpki
+from sekisho.devices.vpiv import VirtualPiv
 from sekisho.errors import (
     SekishoError,
 )
@@ -78,9 +81,13 @@ class Staff:
     #: The security key: "fingerprint" (a sensor, and a PIN as bio keys require), "pin", "plain".
     key: str | None = None
     key_pin: str | None = None
+    #: An IC card in a reader: "piv" (a PIV card) or "jpki" (a My Number-like card).
+    card: str | None = None
 
     @property
     def how(self) -> str:
+        if self.card:
+            return {"piv": "PIV card and its PIN", "jpki": "My Number-like card and its PIN"}[self.card]
         return {None: "passphrase and one-time code", "fingerprint": "fingerprint on the key",
                 "pin": "key and its PIN", "plain": "key and passphrase"}[self.key]
 
@@ -104,6 +111,14 @@ STAFF = (
           SlotKind.FIDO2_UV, "pin", "730514"),
     Staff("K52034", "田中 一郎", "タナカ イチロウ", "選挙管理委員会事務局", ("senkyo",),
           "yoake no umi wo miru 8", ("期日前投票システム",), SlotKind.PIN_FIDO2, "plain"),
+)
+
+#: Staff with IC cards: enrolled only where pcscd can run (as root), with virtual cards.
+CARD_STAFF = (
+    Staff("K63390", "山﨑 直子", "ヤマザキ ナオコ", "市民課", ("madoguchi",), "", ("住民記録システム", "証明書交付"),
+          SlotKind.PIV, key_pin="583917", card="piv"),
+    Staff("K74415", "小林 誠", "コバヤシ マコト", "税務課", ("zeimu",), "", ("税務システム",),
+          SlotKind.CARD_SIG, key_pin="4826", card="jpki"),
 )
 
 
@@ -151,6 +166,58 @@ class Report:
         return all(r["ok"] for r in self.rows)
 
 
+class CardReaders:
+    """Virtual IC cards in pcscd's vpcd readers, when pcscd can run here (as root)."""
+
+    def __init__(self, ready: bool, why: str, processes: list[subprocess.Popen[bytes]] | None = None,
+                 pcscd: subprocess.Popen[bytes] | None = None) -> None:
+        self.ready, self.why = ready, why
+        self._processes = processes or []
+        self._pcscd = pcscd
+
+    @classmethod
+    def start(cls, out: Path) -> CardReaders:
+        vpcd = Path("/usr/lib/pcsc/drivers/serial/libifdvpcd.so")
+        try:
+            import smartcard  # noqa: F401
+        except ImportError:
+            return cls(False, "skipped — pyscard is not installed (pip install 'sekisho[smartcard]')")
+        if not Path("/usr/sbin/pcscd").exists() or not vpcd.exists():
+            return cls(False, "skipped — pcscd with the vpcd driver is not installed")
+        pcscd = None
+        if subprocess.run(["/usr/bin/pgrep", "-x", "pcscd"], capture_output=True, check=False).returncode != 0:
+            if os.geteuid() != 0:
+                return cls(False, "skipped — pcscd is not running and only root may start it")
+            pcscd = subprocess.Popen(["/usr/sbin/pcscd", "-f"], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+            time.sleep(0.3)
+        (out / "cards").mkdir(exist_ok=True)
+        VirtualPiv.create(out / "cards" / "piv.json", pin=CARD_STAFF[0].key_pin or "", name="山﨑 直子")
+        VirtualJpki.create(out / "cards" / "jpki.json", pin=CARD_STAFF[1].key_pin or "")
+        processes = [subprocess.Popen([sys.executable, "-m", "sekisho.devices.vcard", kind,  # noqa: S603
+                                       str(out / "cards" / f"{kind}.json"), "--port", str(port)], cwd=ROOT,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                     for kind, port in (("piv", 35963), ("jpki", 35964))]
+        readers = cls(True, "a virtual PIV card and a virtual My Number-like card in pcscd's vpcd readers",
+                      processes, pcscd)
+        for _ in range(100):
+            if len(list(pcsc_cards())) >= 2:
+                return readers
+            time.sleep(0.05)
+        readers.stop()
+        return cls(False, "skipped — the virtual cards did not appear in pcscd's readers")
+
+    def connection(self, kind: str) -> SmartCardConnection:
+        reader = "Virtual PCD 00 00" if kind == "piv" else "Virtual PCD 00 01"
+        return next(c for c in pcsc_cards() if c.reader.startswith(reader))
+
+    def stop(self) -> None:
+        for proc in [*self._processes, *([self._pcscd] if self._pcscd else [])]:
+            proc.terminate()
+            proc.wait(10)
+        self._processes, self._pcscd = [], None
+
+
 def prepare(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise SystemExit(f"DEMO_OUT={out} is a file, not a directory.")
@@ -196,12 +263,17 @@ def run(out: Path) -> bool:
     keys = {s.user_id: SoftKey.create(out / "keys" / f"{s.user_id}.json", fingerprint=s.key == "fingerprint",
                                       pin=s.key_pin) for s in STAFF if s.key}
     roots = [key.attestation_root() for key in keys.values()]  # IT's list of trusted key makers
-    for s in STAFF:
+    cards = CardReaders.start(out)
+    staff = STAFF + (CARD_STAFF if cards.ready else ())
+    print(f"  IC cards: {cards.why}")
+    for s in staff:
         registry.add_user(UserRecord(user_id=s.user_id, display_name=s.name, kana=s.kana, department=s.department,
                                      roles=s.roles, identity_public=bytes(32)))
         if s.kind is SlotKind.PIN_TOTP:
             tokens[s.user_id] = TotpSeed.generate()  # shown as a QR code by `sekisho-enroll user enrol`
-        request = office.SlotRequest(kind=s.kind, device=keys.get(s.user_id), totp_seed=tokens.get(s.user_id))
+        card = cards.connection(s.card) if s.card else None
+        request = office.SlotRequest(kind=s.kind, device=keys.get(s.user_id), totp_seed=tokens.get(s.user_id),
+                                     card=card, card_type=s.card or "piv")
         # A key is touched twice: once to make the credential, once to derive the slot key.
         office.enrol_user(registry, s.user_id, [request], policy=policy, trusted_roots=roots,
                           interaction=ScriptedInteraction(pin=[s.key_pin] * 2 if s.key_pin else []),
@@ -214,7 +286,7 @@ def run(out: Path) -> bool:
     shutil.copy(out / "laptop" / "trail-root.pem", out / "trail-root.pem")  # registered with the office
     print(f"  device id {request.device_id}; the laptop shows the fingerprint {request.fingerprint}")
     bundle = office.provision(registry, request.to_bytes(), confirmed_fingerprint=request.fingerprint,
-                              users=[s.user_id for s in STAFF], sim=DEMO_SIM, signed_policy=signed,
+                              users=[s.user_id for s in staff], sim=DEMO_SIM, signed_policy=signed,
                               it_private=it_private, now=int(clock()))
     atomic_write(out / "office" / "bundle.json", bundle)
     installed = device.install(out / "laptop", key_source, bundle, clock=clock)
@@ -246,12 +318,13 @@ def run(out: Path) -> bool:
         unlocked[s.user_id] = u
         return f"unlocked {u.user.display_name}, grant opened: apps {', '.join(grant.apps)}"
 
-    for s in STAFF:
+    for s in staff:
         clock.advance()
         if s.kind is SlotKind.PIN_TOTP:
             answers = {"passphrase": s.passphrase, "code": tokens[s.user_id].code_at(clock())}
         else:
-            answers = {"pin": s.key_pin} if s.key == "pin" else {"passphrase": s.passphrase} if s.passphrase else {}
+            answers = {"pin": s.key_pin} if s.key == "pin" or s.card else \
+                {"passphrase": s.passphrase} if s.passphrase else {}
         report.expect(f"{s.user_id} logs on with {s.how}", "unlocked",
                       lambda s=s, answers=answers: logon(s, ScriptedInteraction(**answers), [keys[s.user_id]]
                                                          if s.key else []))
@@ -339,12 +412,14 @@ def run(out: Path) -> bool:
     store.close()
     head = trail.head
     trail.close()
-    secrets = [x for s in STAFF for x in (s.passphrase, s.key_pin) if x] + ["sakana ga oyogu kawa 8",
+    cards.stop()
+    # A 4-digit card PIN occurs by chance in any file of hashes: only longer secrets are scanned for.
+    secrets = [x for s in staff for x in (s.passphrase, s.key_pin) if x and len(x) >= 6] + ["sakana ga oyogu kawa 8",
                                                                              "demo-apn-secret"]
     audit(out, report, head, secrets)
 
     raw = b"".join(p.read_bytes() for p in (out / "laptop").glob("store.db*"))
-    leaked = [w for s in STAFF for w in (s.user_id, s.name, s.kana, s.department, *s.apps)
+    leaked = [w for s in staff for w in (s.user_id, s.name, s.kana, s.department, *s.apps)
               if w.encode() in raw] + [w for w in ("closed.demo.lg.jp", "demo-apn-secret") if w.encode() in raw]
     report.expect("the store file shows no id, name, department or grant text", "none",
                   lambda: "none" if not leaked else f"found {len(leaked)} plaintext value(s)")

@@ -312,6 +312,10 @@ def user_add(station: Station, user_id: str, name: str, kana: str, department: s
 @click.option("--passphrase", "with_passphrase", is_flag=True,
               help="With --fido2: key and passphrase (pin+fido2); with --totp: passphrase and code (pin+totp).")
 @click.option("--totp", is_flag=True, help="A passphrase and a one-time code app or token (pin+totp).")
+@click.option("--piv", is_flag=True, help="A PIV card (its PIN and its key management key): piv.")
+@click.option("--card-sig", "card_sig", type=click.Choice(["jpki", "piv"]),
+              help="An RSA signature card: jpki (the My Number card's user-authentication key) or piv (slot 9A).")
+@click.option("--reader", help="The card reader to use (part of its name); else the first card found.")
 @click.option("--policy", "policy_path", type=click.Path(exists=True, path_type=Path), default="policy.toml",
               show_default=True)
 @click.option("--soft-key", type=click.Path(exists=True, path_type=Path), help="A software key (tests, demo).")
@@ -320,8 +324,8 @@ def user_add(station: Station, user_id: str, name: str, kana: str, department: s
 @click.option("--totp-seed", help="A hardware token's seed (base32); else one is generated and shown as a QR code.")
 @click.pass_obj
 def user_enrol(station: Station, user_id: str, slots: tuple[str, ...], fido2: bool, with_passphrase: bool,
-               totp: bool, policy_path: Path, soft_key: Path | None, roots: tuple[Path, ...],
-               totp_seed: str | None) -> None:
+               totp: bool, piv: bool, card_sig: str | None, reader: str | None, policy_path: Path,
+               soft_key: Path | None, roots: tuple[Path, ...], totp_seed: str | None) -> None:
     """Enrol the user's factors (they are at the station); replaces earlier slots.
 
     Factors combine into slots: --fido2 (fido2-uv), --fido2 --passphrase (pin+fido2),
@@ -336,6 +340,18 @@ def user_enrol(station: Station, user_id: str, slots: tuple[str, ...], fido2: bo
         kinds.append(SlotKind.PIN_FIDO2 if with_passphrase else SlotKind.FIDO2_UV)
     if totp or totp_seed:
         kinds.append(SlotKind.PIN_TOTP)
+    if piv:
+        kinds.append(SlotKind.PIV)
+    if card_sig:
+        kinds.append(SlotKind.CARD_SIG)
+    card = None
+    if piv or card_sig:
+        from sekisho.devices.card import pcsc_cards
+
+        inserted = [c for c in pcsc_cards() if reader is None or reader in c.reader]
+        if not inserted:
+            raise click.UsageError("No card is inserted" + (f" in a reader named like {reader!r}." if reader else "."))
+        card = inserted[0]
     kinds = list(dict.fromkeys(kinds))
     if not kinds:
         raise click.UsageError("Name the factors: --fido2, --totp, --passphrase, or --slot KIND.")
@@ -369,7 +385,8 @@ def user_enrol(station: Station, user_id: str, slots: tuple[str, ...], fido2: bo
         code = _secret("The code the app shows now")
         if matching_step(seed, code, time.time(), drift=1) is None:
             raise click.UsageError("That code does not match: scan the QR code again.")
-    requests = [office.SlotRequest(kind=k, device=device, totp_seed=seed) for k in kinds]
+    requests = [office.SlotRequest(kind=k, device=device, totp_seed=seed, card=card, card_type=card_sig or "piv")
+                for k in kinds]
     with station.registry() as reg:
         made = office.enrol_user(reg, user_id, requests, policy=signed.policy, interaction=TerminalInteraction(),
                                  trusted_roots=trusted, passphrase=passphrase)

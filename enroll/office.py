@@ -19,8 +19,9 @@ from fido2.ctap import CtapDevice
 from enroll.registry import Registry, RegistryError
 from sekisho import codec, codes, crypto
 from sekisho.bundle import BundleError, BundlePayload, BundleUser, CheckinRequest, DeviceRequest, make_bundle
+from sekisho.devices.card import SmartCardConnection
 from sekisho.errors import SekishoError, TrailInvalid
-from sekisho.factors import fido2, pin_totp
+from sekisho.factors import cardsig, fido2, pin_totp, piv
 from sekisho.factors import passphrase as pp
 from sekisho.factors.interaction import UserInteraction
 from sekisho.factors.totp import TotpSeed
@@ -52,6 +53,8 @@ class SlotRequest:
     kind: SlotKind
     device: CtapDevice | None = None  # the user's key, for fido2-uv and pin+fido2
     totp_seed: TotpSeed | None = None  # pin+totp: an app's (generated) or a hardware token's seed
+    card: SmartCardConnection | None = None  # piv and card-sig: the user's card in a reader
+    card_type: str = "piv"  # card-sig: "jpki" (the My Number card) or "piv" (an RSA key in 9A)
 
 
 def enrol_user(registry: Registry, user_id: str, requests: Sequence[SlotRequest], *, policy: Policy,
@@ -90,8 +93,19 @@ def enrol_user(registry: Registry, user_id: str, requests: Sequence[SlotRequest]
                                          allow_software=policy.allow_software_authenticators, aaguids=policy.aaguids,
                                          display_name=record.display_name, passphrase=passphrase,
                                          argon2=policy.argon2, created_at=int(time.time())))
+            elif request.kind is SlotKind.PIV:
+                if request.card is None:
+                    raise SekishoError("A PIV slot needs the user's card in a reader.")
+                slots.append(piv.enrol(request.card, user_id=user_id, slot_id=slot_id, identity_private=private,
+                                       interaction=interaction, created_at=int(time.time())))
+            elif request.kind is SlotKind.CARD_SIG:
+                if request.card is None:
+                    raise SekishoError("A card-sig slot needs the user's card in a reader.")
+                slots.append(cardsig.enrol(request.card, card_type=request.card_type, user_id=user_id,
+                                           slot_id=slot_id, identity_private=private, interaction=interaction,
+                                           created_at=int(time.time())))
             else:
-                raise SekishoError(f"{request.kind.value} slots are enrolled with the smart card support (not yet).")
+                raise SekishoError(f"{request.kind.value} slots cannot be enrolled here.")
     finally:
         crypto.wipe(private)
     binding = codes.passphrase_binding(passphrase, policy.argon2) if passphrase else None

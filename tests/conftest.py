@@ -31,6 +31,7 @@ def remember(secret: bytes | str) -> None:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--hardware", action="store_true", help="run tests that need a real key or card")
+    parser.addoption("--reader", default="", help="the PC/SC reader holding the real card (with --hardware)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
