@@ -3,6 +3,7 @@ process behind the vpcd reader (as a card in a reader), read with pyscard."""
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -47,6 +48,7 @@ def pcscd() -> Iterator[None]:
         proc = subprocess.Popen(["/usr/sbin/pcscd", "-f"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.3)
     yield
+    gc.collect()  # release every card connection while pcscd can still answer
     if proc is not None:
         proc.terminate()
         proc.wait(10)
@@ -214,3 +216,69 @@ def test_fido2_over_an_nfc_reader(store, tmp_path: Path, insert) -> None:
     # connected_keys() finds NFC keys through PC/SC as well as USB ones.
     unlocked = unlock(store, POLICY, "K3", ScriptedInteraction(pin="654321"))
     assert unlocked.slot_kind is SlotKind.FIDO2_UV and unlocked.uv_method == "pin"
+
+
+@pytest.mark.parametrize(("garble", "message"), [
+    ("truncated", "did not answer properly"),
+    ("status", "status 6F00"),
+])
+def test_truncated_answers_and_unexpected_status_words(store, tmp_path: Path, insert, garble: str,
+                                                       message: str) -> None:
+    card, handle, _ = piv_user(store, tmp_path, insert)
+    handle.remove()
+    card.garble = garble
+    card.save()
+    insert("piv", card.path)
+    with pytest.raises(DeviceError, match=message) as info:
+        unlock(store, POLICY, "K10234", ScriptedInteraction(pin="123456"), cards=pcsc_cards)
+    assert info.value.advice and "Traceback" not in info.value.diagnostics()
+
+
+def test_no_card_in_any_reader(store, tmp_path: Path, insert) -> None:
+    _, handle, _ = piv_user(store, tmp_path, insert)
+    handle.remove()
+    with pytest.raises(KeyNotFound) as info:
+        unlock(store, POLICY, "K10234", ScriptedInteraction(pin="123456"), cards=pcsc_cards)
+    assert "Insert your own IC card" in info.value.diagnostics()
+
+
+def test_no_pcsc_service(monkeypatch) -> None:
+    # The daemon itself cannot be taken away from the session's other tests: its absence is
+    # what pyscard reports then (an exception listing readers), simulated here.
+    import smartcard.System
+
+    def no_service():  # type: ignore[no-untyped-def]
+        raise smartcard.Exceptions.ListReadersException(0x8010001D)
+
+    monkeypatch.setattr(smartcard.System, "readers", no_service)
+    with pytest.raises(DeviceError, match="PC/SC service is not available") as info:
+        list(pcsc_cards())
+    assert "pcscd" in info.value.diagnostics()
+
+
+def nfc_user(store, tmp_path: Path, insert, user: str = "K3"):  # type: ignore[no-untyped-def]
+    from fido2.pcsc import CtapPcscDevice
+
+    key = SoftKey.create(tmp_path / f"nfc-{user}.json", pin="654321")
+    handle = insert("fido2", key.path)
+    (device,) = list(CtapPcscDevice.list_devices())
+    private, public = crypto.x25519_generate()
+    slot = fido2.enrol(device, kind=SlotKind.FIDO2_UV, user_id=user, slot_id=1, identity_private=private,
+                       interaction=ScriptedInteraction(pin=["654321"] * 2), trusted_roots=[key.attestation_root()],
+                       allow_software=True)
+    device.close()
+    store.put_user(UserRecord(user_id=user, display_name="x", identity_public=public), [slot])
+    return handle
+
+
+def test_fido2_over_nfc_wrong_pin_and_another_users_key(store, tmp_path: Path, insert) -> None:
+    from sekisho.errors import KeyPinInvalid as PinInvalid
+
+    handle = nfc_user(store, tmp_path, insert, "K3")
+    with pytest.raises(PinInvalid) as info:
+        unlock(store, POLICY, "K3", ScriptedInteraction(pin="000000"))
+    assert info.value.attempts_remaining == 7
+    handle.remove()
+    nfc_user(store, tmp_path, insert, "K4")  # another person's key on the reader
+    with pytest.raises(KeyNotFound):
+        unlock(store, POLICY, "K3", ScriptedInteraction(pin="654321"))

@@ -52,7 +52,8 @@ class VirtualPiv(PinCounter, VirtualCard):
     tries: int
     keys: dict[str, str]  # slot -> PKCS#8 (base64)
     certs: dict[str, str]  # slot -> DER (base64)
-    #: A broken card for tests: "ecdh" answers garbage to key agreement.
+    #: A broken card for tests: "ecdh" answers garbage to key agreement, "truncated" cuts
+    #: its certificate short, "status" answers VERIFY with an unexpected status word.
     garble: str = ""
     atr: bytes = bytes.fromhex("3BF81300008131FE15597562696B657934D4")
     _verified: bool = field(default=False, repr=False)
@@ -116,12 +117,16 @@ class VirtualPiv(PinCounter, VirtualCard):
             if slot is None:
                 return sw(0x6A82)
             cert = base64.b64decode(self.certs[slot])
+            if self.garble == "truncated":
+                return self._respond(tlv(b"\x53", tlv(b"\x70", cert))[:40])
             return self._respond(tlv(b"\x53", tlv(b"\x70", cert) + tlv(b"\x71", b"\x00") + tlv(b"\xfe", b"")))
         if ins == 0x87:
             return self._authenticate(p1, p2, data)
         return sw(0x6D00)
 
     def _verify(self, data: bytes) -> bytes:
+        if self.garble == "status":
+            return sw(0x6F00)  # "no precise diagnosis"
         return self.verify_pin(data.rstrip(b"\xff").decode("ascii", "replace") if data else None, PIN_TRIES)
 
     def _authenticate(self, algorithm: int, slot: int, data: bytes) -> bytes:

@@ -34,7 +34,7 @@ from sekisho.devices.card import (
     send,
     tlv,
 )
-from sekisho.errors import AuthenticationFailed, DeviceError, FactorError, KeyNotFound, KeyPinBlocked, KeyPinInvalid
+from sekisho.errors import AuthenticationFailed, DeviceError, FactorError, KeyPinBlocked, KeyPinInvalid
 from sekisho.factors import piv
 from sekisho.factors.interaction import Prompt, UserInteraction
 from sekisho.store.records import KeySlot, SlotKind
@@ -182,17 +182,14 @@ def enrol(card: SmartCardConnection, *, card_type: str, user_id: str, slot_id: i
 
 
 def find_card(cards: Iterable[SmartCardConnection], card_type: str, spki: bytes) -> SmartCardConnection:
-    for card in cards:
+    def matches(card: SmartCardConnection) -> bool:
         try:
             key = _public(card, card_type)
-        except (ApduError, DeviceError):
-            card.close()
-            continue
-        if hmac.compare_digest(_spki(key), spki):
-            return card
-        card.close()
-    raise KeyNotFound("None of the inserted cards is registered for this staff id.",
-                      advice="Insert your own card (the one registered for your staff id) and try again.")
+        except ApduError:
+            return False  # not this kind of card
+        return hmac.compare_digest(_spki(key), spki)
+
+    return piv.find_matching(cards, matches)
 
 
 def open_slot(*, slot: KeySlot, user_id: str, cards: Iterable[SmartCardConnection], interaction: UserInteraction,

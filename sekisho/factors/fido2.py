@@ -541,6 +541,16 @@ def open_slot(
     # The policy may have changed since enrolment: check the key's model again.
     check_authenticator(aaguid, software=software, allow_software=allow_software, aaguids=aaguids)
     devices = list(devices)
+    try:
+        return _open_with(slot, user_id, devices, interaction, on_possession)
+    finally:
+        for device in devices:  # release USB and NFC connections (software keys hold none)
+            with contextlib.suppress(Exception):
+                device.close()
+
+
+def _open_with(slot: KeySlot, user_id: str, devices: list[CtapDevice], interaction: UserInteraction,
+               on_possession: Callable[[], None] | None) -> Fido2Unlock:
     cred, _ = _slot_credential(slot)
     find_key(devices, cred.rp_id, cred.credential_id, public_key=cred.public_key)  # no key: say so first
     if on_possession is not None:

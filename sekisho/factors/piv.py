@@ -94,16 +94,32 @@ class FoundCard:
 
 def find_card(cards: Iterable[SmartCardConnection], public: bytes) -> SmartCardConnection:
     """The inserted PIV card whose key management key is ``public``."""
+    return find_matching(cards, lambda card: _card_key(card) == public)
+
+
+def _card_key(card: SmartCardConnection) -> bytes | None:
+    try:
+        select(card)
+    except ApduError:
+        return None  # not a PIV card
+    key = certificate(card, "9d").public_key()
+    return _public_bytes(key) if isinstance(key, ec.EllipticCurvePublicKey) else None
+
+
+def find_matching(cards: Iterable[SmartCardConnection], matches: Callable[[SmartCardConnection], bool]
+                  ) -> SmartCardConnection:
+    """The first inserted card ``matches`` accepts; a card that answers garbage is named."""
+    problems = []
     for card in cards:
         try:
-            select(card)
-            key = certificate(card, "9d").public_key()
-        except (ApduError, DeviceError):
-            card.close()
-            continue
-        if isinstance(key, ec.EllipticCurvePublicKey) and hmac.compare_digest(_public_bytes(key), public):
-            return card
+            if matches(card):
+                return card
+        except DeviceError as exc:
+            problems.append(f"{card.reader}: {exc}")
         card.close()
+    if problems:
+        raise DeviceError(f"A card in the reader did not answer properly ({'; '.join(problems)}).",
+                          advice="Take the card out, insert it again, and retry; if it persists, call the helpdesk.")
     raise KeyNotFound("None of the inserted cards is registered for this staff id.",
                       advice="Insert your own IC card (the one registered for your staff id) and try again.")
 
