@@ -55,20 +55,26 @@ def pcscd() -> Iterator[None]:
 
 
 class Inserted:
+    """A virtual card process in a vpcd reader; waits until pcscd sees it come and go."""
+
     def __init__(self, kind: str, state: Path, port: int) -> None:
+        self.reader = "Virtual PCD 00 00" if port == READER_0 else "Virtual PCD 00 01"
         self.proc = subprocess.Popen([sys.executable, "-m", "sekisho.devices.vcard", kind, str(state), "--port",
                                       str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        reader = "Virtual PCD 00 00" if port == READER_0 else "Virtual PCD 00 01"
-        for _ in range(100):
-            if any(c.reader.startswith(reader) for c in _cards()):
-                return
+        if not self._wait(present=True):
+            raise RuntimeError(f"the virtual {kind} card did not appear in {self.reader}")
+
+    def _wait(self, *, present: bool) -> bool:
+        for _ in range(200):
+            if any(c.reader.startswith(self.reader) for c in _cards()) == present:
+                return True
             time.sleep(0.05)
-        raise RuntimeError(f"the virtual {kind} card did not appear in {reader}")
+        return False
 
     def remove(self) -> None:
         self.proc.terminate()
         self.proc.wait(10)
-        time.sleep(0.2)
+        self._wait(present=False)
 
 
 def _cards() -> list:
@@ -88,6 +94,7 @@ def insert(pcscd) -> Iterator:  # type: ignore[no-untyped-def]
         return card
 
     yield put
+    gc.collect()  # this test's connections go before its cards do
     for card in inserted:
         if card.proc.poll() is None:
             card.remove()
@@ -282,3 +289,69 @@ def test_fido2_over_nfc_wrong_pin_and_another_users_key(store, tmp_path: Path, i
     nfc_user(store, tmp_path, insert, "K4")  # another person's key on the reader
     with pytest.raises(KeyNotFound):
         unlock(store, POLICY, "K3", ScriptedInteraction(pin="654321"))
+
+
+# --- the FIDO2 factor's own tests, over an NFC reader ----------------------------------------------
+
+
+class NfcKey:
+    """A software key inserted as a card: python-fido2's CtapPcscDevice to it, plus what the
+    tests read off a key (its attestation root and AAGUID). ``close`` keeps the connection:
+    the tests hold one device across logons (the service takes fresh ones each time)."""
+
+    def __new__(cls, key: SoftKey, reader: str):  # type: ignore[no-untyped-def]
+        from fido2.pcsc import CtapPcscDevice
+        from smartcard.System import readers
+
+        (found,) = [r for r in readers() if str(r).startswith(reader)]
+
+        class _Device(CtapPcscDevice):
+            def connect(self) -> None:  # leave the card powered when this object goes away
+                from smartcard.scard import SCARD_LEAVE_CARD
+
+                self._conn.connect(disposition=SCARD_LEAVE_CARD)
+                self._select()
+
+            def attestation_root(self) -> bytes:
+                return key.attestation_root()
+
+            @property
+            def aaguid(self) -> bytes:
+                return key.aaguid
+
+            def close(self, release: bool = False) -> None:
+                pass
+
+        return _Device(found.createConnection(), str(found))
+
+
+FIDO2_OVER_NFC = [
+    "test_fido2_uv_with_the_key_pin",
+    "test_pin_fido2_with_passphrase_and_key",
+    "test_the_right_key_is_found_among_several",
+    "test_the_no_uv_output_does_not_open_a_fido2_uv_slot",
+    "test_random_outputs_and_another_credential_do_not_open",
+    "test_another_users_key_is_not_found",
+    "test_a_right_pin_resets_the_counter",
+    "test_always_uv_key_cannot_hold_pin_fido2",
+    "test_a_key_without_pin_or_sensor_cannot_hold_fido2_uv",
+    "test_attestation_must_chain_to_a_trusted_root",
+    "test_aaguid_allow_list",
+    "test_software_key_refused_by_a_production_policy",
+]
+
+
+@pytest.mark.parametrize("name", FIDO2_OVER_NFC)
+def test_fido2_factor_tests_over_an_nfc_reader(name: str, store, tmp_path: Path, insert, monkeypatch) -> None:
+    import tests.test_fido2 as fido2_tests
+
+    readers = iter([(READER_0, "Virtual PCD 00 00"), (READER_1, "Virtual PCD 00 01")])
+
+    def new_key(directory: Path, name: str = "key", **options: object):  # type: ignore[no-untyped-def]
+        key = SoftKey.create(directory / f"{name}.json", **options)  # type: ignore[arg-type]
+        port, reader = next(readers)
+        insert("fido2", key.path, port)
+        return NfcKey(key, reader)
+
+    monkeypatch.setattr(fido2_tests, "new_key", new_key)
+    getattr(fido2_tests, name)(tmp_path, store)

@@ -152,10 +152,13 @@ def pcsc_cards() -> Iterator[PcscConnection]:
     except Exception as exc:
         raise DeviceError(f"The PC/SC service is not available ({exc}).",
                           advice="Check that pcscd (Windows: Smart Card service) is running.") from None
+    from smartcard.scard import SCARD_LEAVE_CARD
+
     for reader in found:
         connection = reader.createConnection()
         try:
-            connection.connect()
+            # Leave the card powered when we let go: another program's session on it survives.
+            connection.connect(disposition=SCARD_LEAVE_CARD)
         except (NoCardException, CardConnectionException):
             continue
         yield PcscConnection(reader, connection)

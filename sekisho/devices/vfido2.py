@@ -27,6 +27,7 @@ class VirtualFido2Card(VirtualCard):
     _selected: bool = field(default=False, repr=False)
     _chain: bytes = field(default=b"", repr=False)
     _pending: bytes = field(default=b"", repr=False)
+    _answer: bytes | None = field(default=None, repr=False)
 
     @classmethod
     def load(cls, path: Path) -> VirtualFido2Card:
@@ -58,7 +59,15 @@ class VirtualFido2Card(VirtualCard):
             return sw(0x9000)
         data, self._chain = self._chain + data, b""
         if cla & 0x80 and ins == 0x10:  # NFCCTAP_MSG: a whole CTAP2 command
-            return self._respond(self.key.call(CTAPHID.CBOR, data))
-        if cla & 0x80 and ins == 0x11:  # NFCCTAP_GETRESPONSE: nothing pending here
-            return sw(0x6985)
+            waited: list[int] = []
+            answer = self.key.call(CTAPHID.CBOR, data, on_keepalive=lambda status: waited.append(int(status)))
+            if waited and p1 & 0x80:  # the client takes keep-alives: say the key waited for the person
+                self._answer = answer
+                return bytes([waited[0]]) + sw(0x9100)
+            return self._respond(answer)
+        if cla & 0x80 and ins == 0x11:  # NFCCTAP_GETRESPONSE: the answer after the keep-alive
+            if self._answer is None:
+                return sw(0x6985)
+            answer, self._answer = self._answer, None
+            return self._respond(answer)
         return sw(0x6D00)
