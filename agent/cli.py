@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -158,14 +159,37 @@ def _interrupt(signum: int, frame: object) -> None:
 
 @cli.command()
 @click.option("--user", "user", help="Your staff id (職員番号); asked if not given.")
+@click.option("--launch", is_flag=True, help="Start the permitted apps (Citrix) and close them at lock.")
 @click.pass_context
-def unlock(ctx: click.Context, user: str | None) -> None:
+def unlock(ctx: click.Context, user: str | None, launch: bool) -> None:
     """Log on: the factors your slots need, then the closed network."""
     if not user:
         user = click.prompt("Staff id", err=True) if sys.stdin.isatty() else sys.stdin.readline().strip()
     result = _outcome(converse(ctx.obj["socket"], {"op": "unlock", "user": user}))
     session = result["status"].get("user") or {}
     click.echo(f"Unlocked: {session.get('name', user)}. Apps: {', '.join(session.get('apps', [])) or '-'}")
+    if launch:
+        _launch_until_locked(ctx.obj["socket"], session)
+
+
+def _launch_until_locked(path: Path, session: dict[str, Any]) -> None:
+    """Start the session's apps here (the user's session), and close them when it locks."""
+    from agent.launch import Launcher
+    from sekisho.policy import Policy
+
+    allowed = session.get("launch", {})
+    launcher = Launcher(Policy(launch_allowed=tuple(allowed.get("allowed", [])),
+                               launch_close_timeout=int(allowed.get("close_timeout", 10))))
+    launcher.start(session.get("citrix", {}).get("store_url", ""), session.get("apps", []))
+    click.echo("Apps started; they close when the laptop locks (Ctrl+C locks now).", err=True)
+    try:
+        while converse(path, {"op": "status"}, quiet=True).get("status", {}).get("state") == "unlocked":
+            time.sleep(2)
+    except KeyboardInterrupt:
+        converse(path, {"op": "lock"}, quiet=True)
+    finally:
+        closing = launcher.close()
+        click.echo(f"Locked: {closing.closed} apps closed, {closing.killed} had to be stopped.", err=True)
 
 
 @cli.command()

@@ -155,6 +155,9 @@ class Gate:
         }
         if details and session is not None:
             doc["user"] = session.to_json()
+            # What the user's session may start (the launcher runs there, not here).
+            doc["user"]["launch"] = {"allowed": list(self.policy.launch_allowed),
+                                     "close_timeout": self.policy.launch_close_timeout}
         return doc
 
     @property

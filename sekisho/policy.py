@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -49,6 +50,10 @@ class Policy:
     office_hosts: tuple[str, ...] = ()
     #: ...whose certificate's SHA-256 (DER, hex) is one of these.
     office_fingerprints: tuple[str, ...] = ()
+    #: Programs the launcher may start (absolute paths): the only ones it ever runs.
+    launch_allowed: tuple[str, ...] = ()
+    #: Seconds a launched program has to close at lock before it is killed.
+    launch_close_timeout: int = 10
     version: int = POLICY_VERSION
 
     def __post_init__(self) -> None:
@@ -72,6 +77,11 @@ class Policy:
                 raise PolicyError(f"office.fingerprints: {fingerprint!r} is not 64 lower-case hex digits (SHA-256).")
         if bool(self.office_hosts) != bool(self.office_fingerprints):
             raise PolicyError("office.hosts and office.fingerprints go together.")
+        for program in self.launch_allowed:
+            if not isinstance(program, str) or not (program.startswith("/") or program[1:3] in (":\\", ":/")):
+                raise PolicyError(f"launch.allowed: {program!r} is not an absolute path.")
+        if not 1 <= self.launch_close_timeout <= 120:
+            raise PolicyError("launch.close_timeout must be between 1 and 120 seconds.")
         if not self.permitted_slot_kinds:
             raise PolicyError("slots.permitted must name at least one slot kind.")
         if len(set(self.permitted_slot_kinds)) != len(self.permitted_slot_kinds):
@@ -89,6 +99,7 @@ class Policy:
         aaguids = ", ".join(f'"{a}"' for a in self.aaguids)
         hosts = ", ".join(f'"{h}"' for h in self.office_hosts)
         fingerprints = ", ".join(f'"{f}"' for f in self.office_fingerprints)
+        allowed = ", ".join(json.dumps(p, ensure_ascii=False) for p in self.launch_allowed)
         a = self.argon2
         return (
             f"# Sekisho policy, signed by IT. Any change needs a new signature.\n"
@@ -101,7 +112,8 @@ class Policy:
             f"aaguids = [{aaguids}]\n\n"
             f"[totp]\ndrift_steps = {self.totp_drift_steps}\n\n"
             f"[lease]\ndays = {self.lease_days}\nmax_unlocks = {self.lease_max_unlocks}\n\n"
-            f"[office]\nhosts = [{hosts}]\nfingerprints = [{fingerprints}]\n"
+            f"[office]\nhosts = [{hosts}]\nfingerprints = [{fingerprints}]\n\n"
+            f"[launch]\nallowed = [{allowed}]\nclose_timeout = {self.launch_close_timeout}\n"
         )
 
 
@@ -119,6 +131,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, str]]] = {
     "totp": {"drift_steps": (int, "totp_drift_steps")},
     "lease": {"days": (int, "lease_days"), "max_unlocks": (int, "lease_max_unlocks")},
     "office": {"hosts": (list, "office_hosts"), "fingerprints": (list, "office_fingerprints")},
+    "launch": {"allowed": (list, "launch_allowed"), "close_timeout": (int, "launch_close_timeout")},
 }
 
 
@@ -163,7 +176,7 @@ def parse_policy(text: bytes) -> Policy:
                 raise PolicyError(f"slots.permitted names an unknown slot kind {name!r}.")
             kinds.append(kind)
         values["permitted_slot_kinds"] = tuple(kinds)
-    for name in ("aaguids", "office_hosts", "office_fingerprints"):
+    for name in ("aaguids", "office_hosts", "office_fingerprints", "launch_allowed"):
         if name in values:
             values[name] = tuple(values[name])
     if argon2:
