@@ -19,7 +19,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -64,8 +64,21 @@ def _answer(kind: str, user: str | None, attempts: int | None) -> str | None:
 Answerer = Callable[[str, str | None, int | None], str | None]
 
 
-def converse(path: Path, request: dict[str, Any], *, quiet: bool = False, answer: Answerer | None = None
-             ) -> dict[str, Any]:
+def describe_progress(step: str, details: Mapping[str, Any]) -> str:
+    """One line for a progress step of an unlock (the service's ``progress`` messages)."""
+    text = {"verifying": "Checking your factors…", "isolate": "Taking other networks down…",
+            "isolated": "Other networks are down.", "modem": "Looking for the closed-network SIM…",
+            "connecting": "Connecting to the closed network…", "probing": "Checking the office can be reached…",
+            "unlocked": "Unlocked."}.get(step, f"{step}…")
+    if step == "connecting" and "elapsed_s" in details:
+        text += f" {details['elapsed_s']} s ({details.get('state', '')})"
+    elif step == "probing" and details.get("try", 1) > 1:
+        text += f" (try {details['try']})"
+    return text
+
+
+def converse(path: Path, request: dict[str, Any], *, quiet: bool = False, answer: Answerer | None = None,
+             progress: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Send one request, answer the service's prompts (``answer``: kind, user, attempts
     remaining → the answer or None to cancel; by default the terminal), return its final
     message."""
@@ -93,8 +106,12 @@ def converse(path: Path, request: dict[str, Any], *, quiet: bool = False, answer
                 click.echo({"touch": "Touch your security key.",
                             "fingerprint": "Place your finger on the key's sensor."}.get(str(message.get("kind")),
                                                                                        ""), err=True)
-            elif kind == "progress" and not quiet:
-                click.echo(f"  {message.get('step')}…", err=True)
+            elif kind == "progress":
+                if progress is not None:
+                    progress(str(message.get("step")), dict(message.get("details") or {}))
+                elif not quiet:
+                    click.echo(f"  {describe_progress(str(message.get('step')), message.get('details') or {})}",
+                               err=True)
 
 
 def _outcome(message: dict[str, Any]) -> dict[str, Any]:
@@ -145,6 +162,7 @@ def run(ctx: click.Context, state_dir: Path, key_file: Path | None, insecure_key
     path.parent.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, _interrupt)  # systemd's stop: leave serve() through its finally
     click.echo(f"Sekisho service: state in {state_dir}, control socket {path}", err=True)
+    service.start_watching()
     try:
         service.serve(path)
     except KeyboardInterrupt:
@@ -174,21 +192,31 @@ def unlock(ctx: click.Context, user: str | None, launch: bool) -> None:
 
 def _launch_until_locked(path: Path, session: dict[str, Any]) -> None:
     """Start the session's apps here (the user's session), and close them when it locks."""
-    from agent.launch import Launcher
-    from sekisho.policy import Policy
+    from agent.launch import launcher_for
 
-    allowed = session.get("launch", {})
-    launcher = Launcher(Policy(launch_allowed=tuple(allowed.get("allowed", [])),
-                               launch_close_timeout=int(allowed.get("close_timeout", 10))))
-    launcher.start(session.get("citrix", {}).get("store_url", ""), session.get("apps", []))
+    launcher = launcher_for(session)
+    launched = launcher.start(session.get("citrix", {}), session.get("apps", []))
+    client = launcher.client
+    converse(path, {"op": "apps", "event": "started", "client": client, "apps": [a.app for a in launched]},
+             quiet=True)
     click.echo("Apps started; they close when the laptop locks (Ctrl+C locks now).", err=True)
+    link = "up"
     try:
-        while converse(path, {"op": "status"}, quiet=True).get("status", {}).get("state") == "unlocked":
+        while True:
+            status = converse(path, {"op": "status"}, quiet=True).get("status", {})
+            if status.get("state") != "unlocked":
+                break
+            now = ((status.get("user") or {}).get("link") or {}).get("state", "up")
+            if now != link:
+                click.echo("The closed-network link dropped; reconnecting…" if now == "reconnecting"
+                           else "The closed-network link is back.", err=True)
+                link = now
             time.sleep(2)
     except KeyboardInterrupt:
         converse(path, {"op": "lock"}, quiet=True)
     finally:
         closing = launcher.close()
+        converse(path, {"op": "apps", "event": "closed", "client": client, **closing.to_json()}, quiet=True)
         click.echo(f"Locked: {closing.closed} apps closed, {closing.killed} had to be stopped.", err=True)
 
 

@@ -21,7 +21,7 @@ from typing import Any
 from agent.clock import Reading, TrustedClock
 from agent.lease import Lease, LeaseStatus
 from agent.limits import DELAY_AFTER, Limiter, LimitState
-from agent.network import LinkInfo, NetworkBackend, NetworkError, Progress
+from agent.network import OTHER_ROUTE, LinkInfo, NetworkBackend, NetworkError, Progress, WatchFinding
 from sekisho import codes, crypto
 from sekisho.errors import (
     Cancelled,
@@ -76,11 +76,14 @@ class Session:
     recovered: bool
     link: LinkInfo
     grant: Grant = field(repr=False)
+    #: "up", or "reconnecting" while a dropped SIM link is being brought back.
+    link_state: str = "up"
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.user_id, "name": self.display_name, "since": _iso(self.since),
                 "slot": self.slot_kind, "factors": list(self.factors), "uv": self.uv_method,
-                "recovered": self.recovered, "link": self.link.to_json(), "apps": list(self.grant.apps),
+                "recovered": self.recovered, "link": self.link.to_json() | {"state": self.link_state},
+                "apps": list(self.grant.apps),
                 "citrix": dict(self.grant.citrix)}
 
 
@@ -90,6 +93,12 @@ def _iso(epoch: float) -> str:
 
 def _noop(step: str, details: Mapping[str, Any]) -> None:
     pass
+
+
+def _measured(link: LinkInfo, rtt: float | None, started: float) -> LinkInfo:
+    """The backend's figures, the probe's round trip, and the time taken if the backend gave none."""
+    return LinkInfo(seconds=link.seconds or time.monotonic() - started, rtt_ms=rtt, signal=link.signal,
+                    technology=link.technology, operator=link.operator)
 
 
 class Gate:
@@ -108,6 +117,9 @@ class Gate:
         self.devices = devices or fido2.connected_keys
         self.cards = cards
         self.session: Session | None = None
+        #: (user id, OS uid) of the latest session, also after it locked: its launcher
+        #: reports the apps it closed once the session is over.
+        self.last_session: tuple[str, int | None] | None = None
         self._lock = threading.RLock()
         self._state = GateState.LOCKED
         self._last_user: str | None = None
@@ -287,8 +299,7 @@ class Gate:
                               details={"step": exc.step, "error": str(exc), "rolled_back": True})
             self._state = self._lockable_state()
             raise
-        link = LinkInfo(seconds=link.seconds or time.monotonic() - started, rtt_ms=rtt, signal=link.signal,
-                        technology=link.technology, operator=link.operator)
+        link = _measured(link, rtt, started)
         self.trail.append(EventType.LINK_UP, user=user_id, details=link.to_json())
         self.lease.count_unlock()
         lease = self.lease.status(reading)
@@ -297,10 +308,76 @@ class Gate:
         self.session = Session(user_id=user_id, display_name=display_name, uid=uid, since=reading.now,
                                slot_kind=slot_kind, factors=factors, uv_method=uv_method, recovered=recovered,
                                link=link, grant=grant)
+        self.last_session = (user_id, uid)
         self.trail.append(EventType.UNLOCK, user=user_id, details={"apps": len(grant.apps), "recovered": recovered})
         self._state = GateState.UNLOCKED
         progress("unlocked", {})
         return self.session
+
+    # --- the network while unlocked, and at start ---------------------------------------------
+
+    def cleanup_network(self) -> None:
+        """At service start: undo what a crash left (a live SIM link, interfaces taken down)."""
+        with self._lock:
+            try:
+                found = self.network.cleanup()
+            except NetworkError as exc:
+                log.error("cleaning up the network after a crash: %s", exc)
+                self.trail.append(EventType.LINK_DOWN, details={"why": "crash-cleanup", "error": str(exc)})
+                return
+            if found:
+                log.warning("the previous run left the network changed; put back: %s", found)
+                self.trail.append(EventType.LINK_DOWN, details={"why": "crash-cleanup", **found})
+
+    def watch(self) -> WatchFinding | None:
+        """One look at the network while unlocked (the service calls this every few seconds).
+
+        Another default route (Wi-Fi, a cable, USB tethering): the SIM link is dropped and the
+        laptop locks. The SIM link lost: recorded, brought up again up to the policy's
+        ``network.link_retries`` times (the status says "reconnecting"), else the laptop locks.
+        """
+        with self._lock:
+            if self._state is not GateState.UNLOCKED or self.session is None:
+                return None
+            session = self.session
+            finding = self.network.check()
+            if finding is None:
+                return None
+            if finding.kind == OTHER_ROUTE:
+                self.trail.append(EventType.ISOLATION, user=session.user_id,
+                                  details={"ok": False, "interface": finding.interface, "action": "sim-dropped"})
+                self.lock("other-route")
+                return finding
+            self.trail.append(EventType.LINK_DOWN, user=session.user_id, details={"why": "lost"})
+            session.link_state = "reconnecting"
+            for attempt in range(1, self.policy.network_link_retries + 1):
+                started = time.monotonic()
+                try:
+                    self.network.bring_down()
+                    link = self.network.bring_up(session.grant.network, _noop)
+                    rtt = self.network.probe(session.grant.network, _noop)
+                except NetworkError as exc:
+                    self.trail.append(EventType.LINK_DOWN, user=session.user_id,
+                                      details={"why": "retry-failed", "try": attempt, "step": exc.step})
+                    continue
+                session.link = _measured(link, rtt, started)
+                session.link_state = "up"
+                self.trail.append(EventType.LINK_UP, user=session.user_id,
+                                  details=session.link.to_json() | {"retry": attempt})
+                return finding
+            self.lock("link-lost")
+            return finding
+
+    def record_apps(self, report: Mapping[str, Any]) -> None:
+        """The session's launcher started apps, or closed them at lock (politely, or killed)."""
+        user = self.session.user_id if self.session else (self.last_session[0] if self.last_session else None)
+        client = str(report.get("client", ""))
+        if report["event"] == "started":
+            self.trail.append(EventType.APPS_STARTED, user=user,
+                              details={"client": client, "apps": list(report.get("apps", []))})
+        else:
+            self.trail.append(EventType.APPS_CLOSED, user=user, details={
+                "client": client, "closed": int(report.get("closed", 0)), "killed": int(report.get("killed", 0))})
 
     # --- lock -------------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from sekisho.errors import FormatError
 
 VERSION = 1
 MAX_MESSAGE = 64 * 1024
-OPERATIONS = ("unlock", "lock", "status", "recover", "extend", "key-ids")
+OPERATIONS = ("unlock", "lock", "status", "recover", "extend", "key-ids", "apps")
 
 
 class ChannelClosed(Exception):
@@ -66,4 +66,17 @@ def check_request(message: dict[str, Any]) -> dict[str, Any]:
     for name in ("user", "code"):
         if name in message and not isinstance(message[name], str):
             raise FormatError(f"{name} must be text")
+    if message["op"] == "apps":  # the session's launcher reports what it started or closed
+        if message.get("event") not in ("started", "closed"):
+            raise FormatError("apps: event must be 'started' or 'closed'")
+        for name in ("closed", "killed"):
+            value = message.get(name, 0)
+            if type(value) is not int or not 0 <= value <= 1000:
+                raise FormatError(f"apps: {name} must be a count")
+        names = message.get("apps", [])
+        if not isinstance(names, list) or len(names) > 100 or not all(isinstance(a, str) and len(a) <= 200
+                                                                      for a in names):
+            raise FormatError("apps: apps must be a list of names")
+        if not isinstance(message.get("client", ""), str) or len(message.get("client", "")) > 200:
+            raise FormatError("apps: client must be text")
     return message

@@ -21,6 +21,7 @@ import socketserver
 import stat
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from typing import Any
 from agent import protocol
 from agent.clock import TrustedClock
 from agent.gate import Gate
-from agent.network import NetworkBackend, SimulatedNetwork
+from agent.network import NetworkBackend, backend_for
 from sekisho import crypto
 from sekisho.errors import Cancelled, FormatError, SekishoError
 from sekisho.factors import fido2
@@ -116,6 +117,8 @@ class Service:
         self.state_dir = state_dir
         self._server: socketserver.ThreadingUnixStreamServer | None = None
         self._policy_seen = self._policy_stamp()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
 
     @classmethod
     def open(cls, state_dir: Path, key_source: DeviceKeySource, *, network: NetworkBackend | None = None,
@@ -127,7 +130,8 @@ class Service:
         store = CredentialStore.open(state_dir / "store.db", key_source)
         trail = Trail.open(state_dir / "trail.jsonl", key_source)
         gate = Gate(store=store, policy=policy, trail=trail, it_public=it_public,
-                    network=network or SimulatedNetwork(), clock=TrustedClock(store), devices=devices)
+                    network=network or backend_for(policy, state_dir), clock=TrustedClock(store), devices=devices)
+        gate.cleanup_network()
         return cls(gate, state_dir)
 
     def _policy_stamp(self) -> tuple[int, ...] | None:
@@ -204,6 +208,13 @@ class Service:
             gate.lock("request")
             return {"status": gate.status(details=False)}
 
+        if op == "apps":
+            latest = owner if owner is not None else (gate.last_session[1] if gate.last_session else None)
+            if not (peer.is_root or (latest is not None and latest == peer.uid)):
+                raise PermissionDenied("Only the person who unlocked this laptop may report its apps.")
+            gate.record_apps(request)
+            return {}
+
         def progress(step: str, details: Any) -> None:
             with contextlib.suppress(OSError):
                 protocol.send(sock, {"type": "progress", "step": step, "details": dict(details)})
@@ -252,6 +263,28 @@ class Service:
             threading.Event().wait(0.01)
         return thread
 
+    def start_watching(self, *, interval: float = 2.0, logind: bool = True) -> None:
+        """The watches that lock on their own: the network (every ``interval`` seconds) and
+        logind's screen lock, suspend and idle (agent/triggers.py)."""
+        from agent.triggers import LogindTriggers
+
+        def network() -> None:
+            while not self._stop.wait(interval):
+                try:
+                    self.gate.watch()
+                except Exception:  # a bug in one look must not end the watch
+                    log.exception("network watch")
+
+        targets: list[Callable[[], None]] = [network]
+        if logind:
+            self.triggers = LogindTriggers(self.gate.lock, uid=lambda: self.gate.unlocked_uid,
+                                           idle_minutes=lambda: self.gate.policy.lock_idle_minutes, tick=1.0)
+            targets.append(lambda: self.triggers.run(self._stop))
+        for target in targets:
+            thread = threading.Thread(target=target, daemon=True, name="sekisho-watch")
+            thread.start()
+            self._threads.append(thread)
+
     def stop_serving(self) -> None:
         """Stop answering on the socket (serving in another thread); the gate stays open."""
         if self._server is not None:
@@ -265,9 +298,15 @@ class Service:
 
     def close(self) -> None:
         """Lock (the link goes down) and close the store and the trail."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=15)
         self.gate.lock("service-stop")
         self.gate.store.close()
         self.gate.trail.close()
+        close_network = getattr(self.gate.network, "close", None)
+        if close_network is not None:
+            close_network()
 
 
 class PermissionDenied(SekishoError):

@@ -33,9 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from agent import device
-from agent.cli import converse
+from agent.cli import converse, describe_progress
 from agent.clock import TrustedClock
 from agent.gate import Gate
+from agent.launch import launcher_for
 from agent.lease import Lease
 from agent.limits import Limiter
 from agent.network import SimulatedNetwork
@@ -201,7 +202,10 @@ class CardReaders:
         readers = cls(True, "a virtual PIV card and a virtual My Number-like card in pcscd's vpcd readers",
                       processes, pcscd)
         for _ in range(100):
-            if len(list(pcsc_cards())) >= 2:
+            found = list(pcsc_cards())
+            for card in found:
+                card.close()
+            if len(found) >= 2:
                 return readers
             time.sleep(0.05)
         readers.stop()
@@ -209,7 +213,15 @@ class CardReaders:
 
     def connection(self, kind: str) -> SmartCardConnection:
         reader = "Virtual PCD 00 00" if kind == "piv" else "Virtual PCD 00 01"
-        return next(c for c in pcsc_cards() if c.reader.startswith(reader))
+        chosen = None
+        for card in pcsc_cards():  # every connection opened is either returned or released
+            if chosen is None and card.reader.startswith(reader):
+                chosen = card
+            else:
+                card.close()
+        if chosen is None:
+            raise RuntimeError(f"no card in {reader}")
+        return chosen
 
     def stop(self) -> None:
         for proc in [*self._processes, *([self._pcscd] if self._pcscd else [])]:
@@ -244,8 +256,10 @@ def run(out: Path) -> bool:
     it_public = crypto.ed25519_public_of(it_private)
     atomic_write(out / "office" / "it-public.pem", crypto.public_key_pem(it_public).encode(), mode=0o644)
     # Opts in to pin+totp and pin+fido2; allows software keys because the demo has no real ones.
+    # The network is simulated (no modem here) and Citrix is a stand-in script: both say so.
     policy = Policy(permitted_slot_kinds=(*DEFAULT_SLOT_KINDS, SlotKind.PIN_TOTP, SlotKind.PIN_FIDO2),
-                    allow_software_authenticators=True)
+                    allow_software_authenticators=True, network_backend="simulated",
+                    launch_allowed=(str(citrix_stand_in(out)),))
     text = policy.to_toml().encode()
     signed = office.SignedPolicy(text, sign_policy(text, it_private), it_public)
     for role, apps in ROLES.items():
@@ -278,6 +292,8 @@ def run(out: Path) -> bool:
         office.enrol_user(registry, s.user_id, [request], policy=policy, trusted_roots=roots,
                           interaction=ScriptedInteraction(pin=[s.key_pin] * 2 if s.key_pin else []),
                           passphrase=s.passphrase or None)
+        if card is not None:
+            card.close()
         print(f"  {s.user_id} {s.name} ({s.department}): {s.kind.value} slot ({s.how})")
 
     print("== Laptop: initialised, provisioned by IT, installed ==")
@@ -405,7 +421,7 @@ def run(out: Path) -> bool:
         trail.append(EventType.LOCK, user=user_id, details={"why": "request"})
         u.close()
     field_day(out, report, Gate(store=store, policy=policy, trail=trail, it_public=it_public,
-                                network=SimulatedNetwork(), devices=lambda: list(keys.values()),
+                                network=SimulatedNetwork(delay=1.0), devices=lambda: list(keys.values()),
                                 clock=TrustedClock(store, wall=clock, monotonic=clock.monotonic, boot="demo")),
               clock, tokens, registry)
     checkin(out, report, registry, signed, it_private, key_source, store, clock)
@@ -428,6 +444,47 @@ def run(out: Path) -> bool:
     passed = sum(bool(r["ok"]) for r in report.rows)
     print(f"\n{passed} of {len(report.rows)} outcomes as expected. Files in {out}/ (summary.json).")
     return report.all_ok
+
+
+def citrix_stand_in(out: Path) -> Path:
+    """A stand-in for Citrix's storebrowse (Citrix cannot run here): it notes what it was
+    asked to open and runs until it is told to close, as the real client does."""
+    path = (out / "laptop" / "citrix" / "storebrowse").resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text('#!/bin/sh\necho "$@" >> "$(dirname "$0")/opened.txt"\nexec sleep 600\n')
+    path.chmod(0o755)
+    return path
+
+
+def link_and_citrix(report: Report, path: Path, who: Staff,
+                    ask: Callable[..., dict[str, Any]]) -> None:
+    """One unlock step by step: the link (simulated, shaped like the report's figures),
+    then Citrix (a stand-in) started from the grant, and closed at lock."""
+    print(f"  {who.user_id} unlocks; the closed-SIM link step by step (simulated network; the report measured "
+          "1:03 to 1:50 and 135 to 155 ms at six sites):")
+    started = time.monotonic()
+
+    def show(step: str, details: dict[str, Any]) -> None:
+        print(f"    {time.monotonic() - started:5.2f} s  {describe_progress(step, details)}")
+
+    result = converse(path, {"op": "unlock", "user": who.user_id}, quiet=True, progress=show,
+                      answer=lambda kind, user, left: None)
+    user = result["status"]["user"]
+    link = user["link"]
+    print(f"    link up in {link['seconds']} s (simulated), office round trip {link['rtt_ms']} ms, "
+          f"signal {link['signal']}%, {link['technology']}, {link['operator']}")
+    launcher = launcher_for(user)
+    began = time.monotonic()
+    launched = launcher.start(user["citrix"], user["apps"])
+    ask({"op": "apps", "event": "started", "client": launcher.client, "apps": [a.app for a in launched]})
+    print(f"    Citrix (stand-in {Path(launcher.program).name}) opened {', '.join(a.app for a in launched)} "
+          f"in {(time.monotonic() - began) * 1000:.0f} ms")
+    ask({"op": "lock"})
+    closing = launcher.close()
+    ask({"op": "apps", "event": "closed", "client": launcher.client, **closing.to_json()})
+    print(f"    locked: the link went down, {closing.closed} app(s) closed, {closing.killed} forced")
+    report.expect(f"{who.user_id}'s apps open from the grant and close at lock", "closed",
+                  lambda: "closed" if closing.closed == len(launched) and not closing.killed else "left running")
 
 
 def field_day(out: Path, report: Report, gate: Gate, clock: DemoClock, tokens: dict[str, TotpSeed],
@@ -453,6 +510,8 @@ def field_day(out: Path, report: Report, gate: Gate, clock: DemoClock, tokens: d
         user = ask(request, *answers)["status"]["user"]
         ask({"op": "lock"})
         return f"unlocked {user['name']} ({user['slot']}, {'+'.join(user['factors'])}), then locked"
+
+    link_and_citrix(report, path, suzuki, ask)
 
     for s, answers in ((suzuki, ()), (ito, (ito.key_pin or "",))):
         report.expect(f"{s.user_id} unlocks through the service and locks", "unlocked",

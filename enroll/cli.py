@@ -2,7 +2,7 @@
 
     sekisho-enroll registry init | info | backup DEST
     sekisho-enroll policy keygen | sign POLICY.toml | check POLICY.toml
-    sekisho-enroll role set NAME --app APP... --citrix-store URL
+    sekisho-enroll role set NAME --app APP... --citrix-store URL | --rdp-host H | --horizon-server URL
     sekisho-enroll user add ID --name NAME [--kana KANA] [--department D] [--role R]...
     sekisho-enroll user enrol ID --fido2 [--passphrase] | --totp [--totp-seed BASE32] | --slot KIND...
     sekisho-enroll user list | show ID | disable ID | enable ID
@@ -277,11 +277,19 @@ def role() -> None:
 @role.command("set")
 @click.argument("name")
 @click.option("--app", "apps", multiple=True, required=True)
-@click.option("--citrix-store", required=True)
+@click.option("--citrix-store", help="Citrix StoreFront store URL (apps opened by name).")
+@click.option("--rdp-host", help="Remote Desktop host (mstsc / FreeRDP RemoteApps).")
+@click.option("--horizon-server", help="VMware Horizon connection server URL.")
 @click.pass_obj
-def role_set(station: Station, name: str, apps: tuple[str, ...], citrix_store: str) -> None:
+def role_set(station: Station, name: str, apps: tuple[str, ...], citrix_store: str | None, rdp_host: str | None,
+             horizon_server: str | None) -> None:
+    """The apps a duty needs and where its VDI client opens them (at least one of the three)."""
+    connection = {k: v for k, v in (("store_url", citrix_store), ("rdp_host", rdp_host),
+                                    ("horizon_server", horizon_server)) if v}
+    if not connection:
+        raise click.UsageError("Give --citrix-store, --rdp-host or --horizon-server.")
     with station.registry() as reg:
-        reg.set_role(name, list(apps), {"store_url": citrix_store})
+        reg.set_role(name, list(apps), connection)
     click.echo(f"Role {name}: {', '.join(apps)}")
 
 

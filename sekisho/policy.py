@@ -27,6 +27,7 @@ POLICY_VERSION = 1
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _AAGUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 SIGNATURE_SUFFIX = ".sig"
+NETWORK_BACKENDS = ("auto", "networkmanager", "netsh", "simulated")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,6 +55,22 @@ class Policy:
     launch_allowed: tuple[str, ...] = ()
     #: Seconds a launched program has to close at lock before it is killed.
     launch_close_timeout: int = 10
+    #: How the closed-SIM link is brought up: "auto" (NetworkManager on Linux, netsh on
+    #: Windows), "networkmanager", "netsh", or "simulated" (the demo and tests only).
+    network_backend: str = "auto"
+    #: Seconds to wait for the SIM link (the report measured 1:03 to 1:50).
+    network_connect_timeout: int = 180
+    #: The office endpoint probed once the link is up (``host:port``, TCP); empty: no probe.
+    network_probe: str = ""
+    network_probe_tries: int = 3
+    #: Turn the Wi-Fi radio off while unlocked (besides disconnecting every interface).
+    network_radios_off: bool = True
+    #: Bring back, at lock, the interfaces that isolation took down.
+    network_restore: bool = True
+    #: Times a dropped SIM link is brought up again before the laptop locks.
+    network_link_retries: int = 2
+    #: Lock after this many minutes of an idle session (0: never).
+    lock_idle_minutes: int = 15
     version: int = POLICY_VERSION
 
     def __post_init__(self) -> None:
@@ -82,6 +99,20 @@ class Policy:
                 raise PolicyError(f"launch.allowed: {program!r} is not an absolute path.")
         if not 1 <= self.launch_close_timeout <= 120:
             raise PolicyError("launch.close_timeout must be between 1 and 120 seconds.")
+        if self.network_backend not in NETWORK_BACKENDS:
+            raise PolicyError(f"network.backend must be one of {', '.join(NETWORK_BACKENDS)}.")
+        if not 10 <= self.network_connect_timeout <= 900:
+            raise PolicyError("network.connect_timeout must be between 10 and 900 seconds.")
+        if self.network_probe:
+            name, _, port = self.network_probe.rpartition(":")
+            if not name or not port.isdigit() or not 0 < int(port) < 65536:
+                raise PolicyError(f"network.probe: {self.network_probe!r} is not host:port.")
+        if not 1 <= self.network_probe_tries <= 10:
+            raise PolicyError("network.probe_tries must be between 1 and 10.")
+        if not 0 <= self.network_link_retries <= 10:
+            raise PolicyError("network.link_retries must be between 0 and 10.")
+        if not 0 <= self.lock_idle_minutes <= 480:
+            raise PolicyError("lock.idle_minutes must be between 0 (never) and 480.")
         if not self.permitted_slot_kinds:
             raise PolicyError("slots.permitted must name at least one slot kind.")
         if len(set(self.permitted_slot_kinds)) != len(self.permitted_slot_kinds):
@@ -113,7 +144,12 @@ class Policy:
             f"[totp]\ndrift_steps = {self.totp_drift_steps}\n\n"
             f"[lease]\ndays = {self.lease_days}\nmax_unlocks = {self.lease_max_unlocks}\n\n"
             f"[office]\nhosts = [{hosts}]\nfingerprints = [{fingerprints}]\n\n"
-            f"[launch]\nallowed = [{allowed}]\nclose_timeout = {self.launch_close_timeout}\n"
+            f"[launch]\nallowed = [{allowed}]\nclose_timeout = {self.launch_close_timeout}\n\n"
+            f"[network]\nbackend = \"{self.network_backend}\"\nconnect_timeout = {self.network_connect_timeout}\n"
+            f"probe = {json.dumps(self.network_probe)}\nprobe_tries = {self.network_probe_tries}\n"
+            f"radios_off = {str(self.network_radios_off).lower()}\nrestore = {str(self.network_restore).lower()}\n"
+            f"link_retries = {self.network_link_retries}\n\n"
+            f"[lock]\nidle_minutes = {self.lock_idle_minutes}\n"
         )
 
 
@@ -132,6 +168,11 @@ _SCHEMA: dict[str, dict[str, tuple[type, str]]] = {
     "lease": {"days": (int, "lease_days"), "max_unlocks": (int, "lease_max_unlocks")},
     "office": {"hosts": (list, "office_hosts"), "fingerprints": (list, "office_fingerprints")},
     "launch": {"allowed": (list, "launch_allowed"), "close_timeout": (int, "launch_close_timeout")},
+    "network": {"backend": (str, "network_backend"), "connect_timeout": (int, "network_connect_timeout"),
+                "probe": (str, "network_probe"), "probe_tries": (int, "network_probe_tries"),
+                "radios_off": (bool, "network_radios_off"), "restore": (bool, "network_restore"),
+                "link_retries": (int, "network_link_retries")},
+    "lock": {"idle_minutes": (int, "lock_idle_minutes")},
 }
 
 

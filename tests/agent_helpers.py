@@ -28,6 +28,7 @@ from tests.conftest import FAST_ARGON2, remember
 
 T0 = 1_800_000_000.0  # 2027-01-15
 POLICY = Policy(permitted_slot_kinds=(SlotKind.FIDO2_UV, SlotKind.PIN_FIDO2, SlotKind.PIN_TOTP), argon2=FAST_ARGON2,
+                network_backend="simulated",  # the service tests run no modem
                 allow_software_authenticators=True)
 PASSPHRASE = {"K10234": "mizu no oto ga suru 3", "K30712": "hoshi no furu oka de 9"}
 KEY_PIN = "482916"
@@ -131,7 +132,9 @@ def make_laptop(root: Path, policy: Policy = POLICY) -> Laptop:
                             passphrase_binding=binding)
         store.put_user(record, [slot])
         grant = Grant(device_id="laptop-0001", user_id=uid, serial=serial, issued_at=int(T0),
-                      network={"apn": "closed.test.lg.jp", "password": "apn-secret-1"}, apps=("住民記録",))
+                      network={"apn": "closed.test.lg.jp", "user": uid.lower(), "password": "apn-secret-1",
+                               "iccid": "8981100000000000001"}, apps=("住民記録",),
+                      citrix={"store_url": "https://citrix.test.lg.jp/Citrix/Store/discovery"})
         sealed, grant_key = issue_grant(grant, it_signing_key=it_private, user_public=public)
         recovery[uid] = codes.new_recovery_codes(3)
         for c in recovery[uid]:

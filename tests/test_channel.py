@@ -224,3 +224,71 @@ def test_the_service_refuses_a_state_directory_open_to_others(tmp_path: Path) ->
                            str(tmp_path / "state"), "--insecure-key-file", str(tmp_path / "state" / "device.key")],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "open to other users" in proc.stderr and "chmod 700" in proc.stderr
+
+
+def test_the_sessions_launcher_reports_its_apps_and_no_one_else_may(served, second_user, monkeypatch) -> None:
+    laptop, path = served
+    refused = as_second_user(path, {"op": "apps", "event": "started", "client": "storebrowse", "apps": ["x"]})
+    assert refused["error"] == "PermissionDenied"  # nobody unlocked yet: nothing to report
+    mine = as_second_user(path, {"op": "unlock", "user": "K30712"}, PASSPHRASE["K30712"])
+    assert mine["type"] == "result"
+    assert as_second_user(path, {"op": "apps", "event": "started", "client": "storebrowse",
+                                 "apps": ["住民記録"]})["type"] == "result"
+    as_second_user(path, {"op": "lock"})
+    # After the lock, the same user's launcher reports what it closed.
+    assert as_second_user(path, {"op": "apps", "event": "closed", "client": "storebrowse", "closed": 1,
+                                 "killed": 0})["type"] == "result"
+    bad = as_second_user(path, {"op": "apps", "event": "deleted"})
+    assert bad["error"] == "BadRequest"
+    bad = as_second_user(path, {"op": "apps", "event": "closed", "closed": -1})
+    assert bad["error"] == "BadRequest"
+    bodies = [e.body for e in laptop.gate.trail.entries() if e.body]
+    started = next(b for b in bodies if b["event"] == "apps-started")
+    closed = next(b for b in bodies if b["event"] == "apps-closed")
+    assert started["user"] == closed["user"] == "K30712"
+    assert started["details"] == {"client": "storebrowse", "apps": ["住民記録"]}
+    assert closed["details"] == {"client": "storebrowse", "closed": 1, "killed": 0}
+
+
+def test_unlock_launch_starts_the_apps_and_closes_them_at_lock(tmp_path: Path) -> None:
+    """`sekisho-agent unlock --launch` as the field worker runs it, with a stand-in Citrix
+    (Citrix cannot run here): started from the grant, closed when the laptop locks."""
+    import time
+
+    from sekisho.policy import Policy
+    from tests.agent_helpers import POLICY
+    from tests.test_launch import stand_in, wait_for
+
+    program = stand_in(tmp_path / "citrix")
+    policy = Policy(permitted_slot_kinds=POLICY.permitted_slot_kinds, argon2=POLICY.argon2,
+                    allow_software_authenticators=True, network_backend="simulated",
+                    launch_allowed=(str(program),), launch_close_timeout=5)
+    laptop = make_laptop(tmp_path / "laptop", policy)
+    sock_dir = Path(tempfile.mkdtemp(prefix="sekisho-launch-"))
+    service = Service(laptop.gate)
+    path = sock_dir / "agent.sock"
+    service.serve_in_thread(path)
+    agent = str(Path(sys.executable).parent / "sekisho-agent")
+    try:
+        proc = subprocess.Popen([agent, "unlock", "--user", "K30712", "--launch"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "SEKISHO_SOCKET": str(path)})
+        assert proc.stdin is not None
+        proc.stdin.write(f"{PASSPHRASE['K30712']}\n")
+        proc.stdin.close()
+        wait_for(tmp_path / "citrix" / "args.json")
+        assert json.loads((tmp_path / "citrix" / "args.json").read_text()) == ["-L", "住民記録", "https://citrix.test.lg.jp/Citrix/Store/discovery"]
+        time.sleep(0.5)
+        assert ask(path, {"op": "lock"})["status"]["state"] == "locked"  # e.g. the screen locked
+        proc.wait(timeout=30)
+        assert proc.stdout is not None and proc.stderr is not None
+        out, err = proc.stdout.read(), proc.stderr.read()
+        assert "Unlocked" in out
+        assert proc.returncode == 0, err
+        assert (tmp_path / "citrix" / "args.closed").read_text() == "closed"
+        assert "1 apps closed, 0 had to be stopped" in err
+        bodies = [e.body for e in laptop.gate.trail.entries() if e.body]
+        assert [b["event"] for b in bodies if b["event"].startswith("apps-")] == ["apps-started", "apps-closed"]
+    finally:
+        service.shutdown()
+        shutil.rmtree(sock_dir, ignore_errors=True)

@@ -47,6 +47,7 @@ def station_and_laptop(tmp_path: Path, office_host: str, office_fingerprint: str
     run(office, "sekisho-enroll", "registry", "init")
     run(office, "sekisho-enroll", "policy", "keygen", "-o", "it-public.pem")
     policy = Policy(permitted_slot_kinds=(SlotKind.FIDO2_UV, SlotKind.PIN_TOTP), argon2=FAST_ARGON2,
+                    network_backend="simulated",
                     allow_software_authenticators=True, office_hosts=(office_host,),
                     office_fingerprints=(office_fingerprint,))
     (office / "policy.toml").write_text(policy.to_toml())
@@ -131,6 +132,7 @@ def test_away_from_the_office_nothing_is_enrolled_or_provisioned(tmp_path: Path)
     run(office, "sekisho-enroll", "policy", "keygen")
     _, _, fingerprint = self_signed(tmp_path, "office-proxy")
     policy = Policy(permitted_slot_kinds=(SlotKind.PIN_TOTP,), argon2=FAST_ARGON2,
+                    network_backend="simulated",
                     office_hosts=(f"127.0.0.1:{free_port()}",), office_fingerprints=(fingerprint,))
     (office / "policy.toml").write_text(policy.to_toml())
     run(office, "sekisho-enroll", "policy", "sign", "policy.toml")

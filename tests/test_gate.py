@@ -57,7 +57,7 @@ def test_each_slot_unlocks_and_locks(laptop: Laptop, user: str, slot: str, facto
     session = laptop.gate.unlock(user, laptop.answers(user), uid=1000, progress=lambda s, d: steps.append(s))
     assert (session.user_id, session.slot_kind, session.factors) == (user, slot, factors)
     assert laptop.gate.state is GateState.UNLOCKED
-    assert steps == ["verifying", "isolate", "bring_up", "probe", "unlocked"]
+    assert steps == ["verifying", "isolate", "isolated", "modem", "probing", "unlocked"]
     assert laptop.network.up and laptop.network.isolated
     with pytest.raises(GateBusy):
         laptop.gate.unlock("K10234", laptop.answers("K10234"))

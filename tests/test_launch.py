@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.launch import Launcher, LaunchRefused, citrix_command
+from agent.launch import Launcher, LaunchRefused, citrix_command, vdi_command
 from sekisho.policy import Policy
 
 STAND_IN = """#!{python}
@@ -26,7 +26,7 @@ while True:
     time.sleep(0.05)
 """
 
-STORE = "https://citrix.city.lg.jp/Citrix/Store/discovery"
+STORE = {"store_url": "https://citrix.city.lg.jp/Citrix/Store/discovery"}
 APPS = ("住民記録システム", "証明書交付")
 
 
@@ -58,11 +58,43 @@ def test_the_right_arguments_per_user_and_app(tmp_path: Path) -> None:
 
 
 def test_windows_and_linux_command_lines() -> None:
+    url = STORE["store_url"]
     windows = r"C:\Program Files (x86)\Citrix\ICA Client\SelfServicePlugin\SelfService.exe"
-    assert citrix_command(windows, STORE, "住民記録システム") == [windows, "-qlaunch", "住民記録システム"]
-    assert citrix_command("/opt/Citrix/ICAClient/selfservice", STORE, "x")[-2:] == ["-qlaunch", "x"]
+    assert citrix_command(windows, url, "住民記録システム") == [windows, "-qlaunch", "住民記録システム"]
+    assert citrix_command("/opt/Citrix/ICAClient/selfservice", url, "x") == [
+        "/opt/Citrix/ICAClient/selfservice", "--icaroot", "/opt/Citrix/ICAClient", "-qlaunch", "x"]
     with pytest.raises(LaunchRefused, match="not a Citrix launcher"):
-        citrix_command("/usr/bin/xterm", STORE, "x")
+        citrix_command("/usr/bin/xterm", url, "x")
+    with pytest.raises(LaunchRefused, match="no Citrix store"):
+        citrix_command("/opt/Citrix/ICAClient/util/storebrowse", "", "x")
+    with pytest.raises(LaunchRefused, match="ICA files"):
+        citrix_command("/opt/Citrix/ICAClient/wfica", url, "x")
+
+
+def test_other_vdi_clients_under_the_same_allow_list() -> None:
+    rdp = {"rdp_host": "rds.city.lg.jp"}
+    assert vdi_command(r"C:\Windows\System32\mstsc.exe", rdp, "x") == [r"C:\Windows\System32\mstsc.exe",
+                                                                       "/v:rds.city.lg.jp"]
+    assert vdi_command("/usr/bin/xfreerdp", rdp, "税務") == ["/usr/bin/xfreerdp", "/v:rds.city.lg.jp", "/app:||税務"]
+    assert vdi_command("/usr/bin/xfreerdp3", rdp, "税務")[-1] == "/app:program:||税務"
+    horizon = {"horizon_server": "https://vdi.city.lg.jp"}
+    assert vdi_command("/usr/bin/vmware-view", horizon, "窓口") == [
+        "/usr/bin/vmware-view", "--serverURL", "https://vdi.city.lg.jp", "--desktopName", "窓口"]
+    assert vdi_command(r"C:\Program Files\VMware\vmware-view.exe", horizon, "窓口")[1] == "-serverURL"
+    with pytest.raises(LaunchRefused, match="no Remote Desktop host"):
+        vdi_command("/usr/bin/xfreerdp", {}, "x")
+    with pytest.raises(LaunchRefused, match="no Horizon server"):
+        vdi_command("/usr/bin/vmware-view", rdp, "x")
+
+
+def test_a_whole_desktop_client_starts_once(tmp_path: Path) -> None:
+    program = stand_in(tmp_path / "rdp", "mstsc.exe")
+    launcher = Launcher(Policy(launch_allowed=(str(program),)))
+    launched = launcher.start({"rdp_host": "rds.city.lg.jp"}, APPS)
+    assert len(launched) == 1
+    wait_for(tmp_path / "rdp" / "args.json")
+    assert json.loads((tmp_path / "rdp" / "args.json").read_text()) == ["/v:rds.city.lg.jp"]
+    assert launcher.close().closed == 1
 
 
 def test_programs_outside_the_allow_list_and_apps_outside_the_grant_are_refused(tmp_path: Path) -> None:

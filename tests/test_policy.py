@@ -70,7 +70,7 @@ def test_missing_signature_file(tmp_path, it_key) -> None:
         ("version = [", "not valid TOML"),
         ("versoin = 1", "'versoin'"),
         ("[slots]\npermited = []", "'slots.permited'"),
-        ("[network]\napn = 'x'", "'network'"),
+        ("[network]\napn = 'x'", "'network.apn'"),
         ("[slots]\npermitted = ['fido2-uv', 'magic']", "'magic'"),
         ("[slots]\npermitted = ['test-two-secret']", "'test-two-secret'"),
         ("[slots]\npermitted = []", "at least one"),

@@ -51,6 +51,7 @@ def make_station(root: Path) -> Station:
     registry = Registry.create(root / "registry.db", InsecureFileKeySource(root / "station.key"))
     it_private, it_public = crypto.ed25519_generate()
     policy = Policy(permitted_slot_kinds=(SlotKind.FIDO2_UV, SlotKind.PIN_TOTP), argon2=FAST_ARGON2,
+                    network_backend="simulated",
                     allow_software_authenticators=True)
     text = policy.to_toml().encode()
     signed = office.SignedPolicy(text, sign_policy(text, it_private), it_public)
@@ -369,6 +370,7 @@ def test_a_running_service_picks_up_a_new_policy(station: Station, tmp_path: Pat
     device.install(laptop, key_source(laptop), provision(station, request))
     service = open_service(station, laptop)
     stricter = Policy(permitted_slot_kinds=(SlotKind.FIDO2_UV,), argon2=FAST_ARGON2,
+                      network_backend="simulated",
                       allow_software_authenticators=True)
     text = stricter.to_toml().encode()
     station.policy = office.SignedPolicy(text, sign_policy(text, station.it_private), station.it_public)

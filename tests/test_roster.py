@@ -173,6 +173,10 @@ def test_roster_commands(tmp_path: Path, capsys, monkeypatch) -> None:
     assert main(["registry", "init"]) in (0, None)
     for role in ("madoguchi", "senkyo"):
         assert main(["role", "set", role, "--app", "x", "--citrix-store", "https://c/"]) in (0, None)
+    assert main(["role", "set", "rds", "--app", "x", "--rdp-host", "rds.city.lg.jp"]) in (0, None)
+    with pytest.raises(SystemExit) as no_client:
+        main(["role", "set", "none", "--app", "x"])
+    assert no_client.value.code == 2 and "--rdp-host" in capsys.readouterr().err
     good = tmp_path / "roster.csv"
     good.write_bytes((HEADER + "".join(ROWS)).encode("cp932"))
     bad = tmp_path / "bad.csv"

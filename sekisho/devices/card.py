@@ -134,8 +134,10 @@ class PcscConnection(SmartCardConnection):
         return bytes(data), (sw1 << 8) | sw2
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):  # already gone: nothing to release
-            self._connection.disconnect()  # type: ignore[attr-defined]
+        # release(): disconnect and free the PC/SC context now, not whenever the garbage
+        # collector runs (by then the service may be gone). Already gone: nothing to free.
+        with contextlib.suppress(Exception):
+            getattr(self._connection, "release", self._connection.disconnect)()  # type: ignore[attr-defined,misc]
 
 
 def pcsc_cards() -> Iterator[PcscConnection]:

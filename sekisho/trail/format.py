@@ -64,6 +64,8 @@ class EventType(StrEnum):
     LEASE_WARNING = "lease-warning"
     CLOCK_ANOMALY = "clock-anomaly"
     TAMPERING_DETECTED = "tampering-detected"
+    APPS_STARTED = "apps-started"
+    APPS_CLOSED = "apps-closed"
     # IT's own log at the enrolment station (same format, the station's keys):
     USER_ADDED = "user-added"
     USER_UPDATED = "user-updated"
