@@ -11,18 +11,19 @@ export DEMO_OUT
 
 DEBIAN_PACKAGES := oathtool gnome-keyring dbus openssl python3 util-linux passwd slapd ldap-utils \
                    pcscd libpcsclite-dev vsmartcard-vpcd gcc pkg-config libdbus-1-dev libglib2.0-dev \
-                   libgirepository1.0-dev libcairo2-dev
+                   libgirepository1.0-dev libcairo2-dev xvfb fonts-ipafont-gothic trayer
 # Commands that show the Debian packages are there.
 DEBIAN_CHECK    := oathtool gnome-keyring-daemon dbus-run-session dbus-send openssl /usr/bin/python3 runuser useradd \
                    /usr/sbin/slapd ldapadd /usr/sbin/pcscd /usr/include/PCSC/winscard.h \
                    /usr/lib/pcsc/drivers/serial/libifdvpcd.so gcc pkg-config /usr/include/dbus-1.0/dbus/dbus.h \
                    /usr/include/glib-2.0/glib.h /usr/include/gobject-introspection-1.0/girepository.h \
-                   /usr/include/cairo/cairo.h
+                   /usr/include/cairo/cairo.h /usr/bin/Xvfb /usr/share/fonts/opentype/ipafont-gothic/ipag.ttf trayer
 
-.PHONY: demo test lint typecheck unit bench system-deps clean help
+.PHONY: demo run test lint typecheck unit bench system-deps clean help
 
 help:
 	@echo "make demo   - end-to-end run on embedded defaults and software devices (output in $(DEMO_OUT)/)"
+	@echo "make run    - the service and the tray on the demo's laptop (needs a display; after make demo)"
 	@echo "make test   - lint, type check and the whole test suite"
 	@echo "make bench  - bench/unlock.py, bench/trail.py and bench/provision.py (--json)"
 
@@ -48,6 +49,10 @@ system-deps:
 
 demo: $(STAMP) system-deps
 	$(PY) -m demo
+
+run: $(STAMP)
+	@[ -f $(DEMO_OUT)/laptop/store.db ] || $(PY) -m demo
+	$(PY) -m demo.run
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check sekisho agent enroll tests bench demo

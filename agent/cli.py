@@ -78,7 +78,8 @@ def describe_progress(step: str, details: Mapping[str, Any]) -> str:
 
 
 def converse(path: Path, request: dict[str, Any], *, quiet: bool = False, answer: Answerer | None = None,
-             progress: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+             progress: Callable[[str, dict[str, Any]], None] | None = None,
+             notice: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Send one request, answer the service's prompts (``answer``: kind, user, attempts
     remaining → the answer or None to cancel; by default the terminal), return its final
     message."""
@@ -102,6 +103,8 @@ def converse(path: Path, request: dict[str, Any], *, quiet: bool = False, answer
             if kind == "prompt":
                 value = answer(str(message.get("kind")), message.get("user"), message.get("attempts_remaining"))
                 protocol.send(sock, {"type": "cancel"} if value is None else {"type": "answer", "value": value})
+            elif kind == "notice" and notice is not None:
+                notice(str(message.get("kind")))
             elif kind == "notice" and not quiet:
                 click.echo({"touch": "Touch your security key.",
                             "fingerprint": "Place your finger on the key's sensor."}.get(str(message.get("kind")),
@@ -218,6 +221,54 @@ def _launch_until_locked(path: Path, session: dict[str, Any]) -> None:
         closing = launcher.close()
         converse(path, {"op": "apps", "event": "closed", "client": client, **closing.to_json()}, quiet=True)
         click.echo(f"Locked: {closing.closed} apps closed, {closing.killed} had to be stopped.", err=True)
+
+
+@cli.command()
+@click.option("--lang", help="ja or en (default: the desktop's language).")
+@click.option("--mode", type=click.Choice(["unlock", "recover", "extend"]), default="unlock", show_default=True)
+@click.pass_context
+def window(ctx: click.Context, lang: str | None, mode: str) -> None:
+    """The logon window (Tk) for this desktop session."""
+    import tkinter as tk
+
+    from agent.i18n import Translator
+    from agent.window import LogonWindow
+
+    tr = Translator(_language(lang))
+    try:
+        root = tk.Tk()
+    except tk.TclError as exc:
+        raise _Fail(f"No display for the logon window ({exc}).", EXIT_UNUSABLE) from None
+    def done(result: dict[str, Any]) -> None:
+        if result.get("type") == "result":  # unlocked: the tray takes over after a moment
+            root.after(4000, root.destroy)
+
+    LogonWindow(root, ctx.obj["socket"], tr, converse=converse, mode=mode, on_done=done)
+    root.mainloop()
+
+
+@cli.command()
+@click.option("--lang", help="ja or en (default: the desktop's language).")
+@click.pass_context
+def tray(ctx: click.Context, lang: str | None) -> None:
+    """The tray icon for this desktop session (runs until Quit)."""
+    from agent.i18n import Translator
+    from agent.tray import TrayApp, open_window, run_tray
+
+    language = _language(lang)
+    path = ctx.obj["socket"]
+    app = TrayApp(path, Translator(language), converse=converse,
+                  open_window=lambda mode: open_window(path, language, mode))
+    run_tray(app)
+
+
+def _language(lang: str | None) -> str:
+    from agent.i18n import choose_language
+
+    try:
+        return choose_language(lang)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--lang") from None
 
 
 @cli.command()

@@ -45,6 +45,20 @@ def _to_groups(data: bytes) -> str:
     return "-".join(f"{11 * v:06d}" for v in values)
 
 
+def mistyped_group(text: str) -> int | None:
+    """While a code is being typed: the first complete group that cannot be right (its
+    check fails, or it holds something other than digits), else None. For flagging a
+    group at once, before the whole code is typed."""
+    digits = "".join(c for c in unicodedata.normalize("NFKC", text) if c not in " -\u30fc\u2010\u2212\t")
+    for index in range((len(digits) + GROUP_DIGITS - 1) // GROUP_DIGITS):
+        group = digits[index * GROUP_DIGITS : (index + 1) * GROUP_DIGITS]
+        if not (group.isascii() and group.isdigit()):
+            return index + 1
+        if len(group) == GROUP_DIGITS and (int(group) % 11 or int(group) >= _GROUP_LIMIT):
+            return index + 1
+    return None
+
+
 def _from_groups(text: str, groups: int, what: str) -> bytes:
     """The bytes a typed code stands for; ``CodeMistyped`` names the first bad group."""
     digits = "".join(c for c in unicodedata.normalize("NFKC", text) if c not in " -\u30fc\u2010\u2212\t")
