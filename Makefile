@@ -25,7 +25,7 @@ help:
 	@echo "make demo   - end-to-end run on embedded defaults and software devices (output in $(DEMO_OUT)/)"
 	@echo "make run    - the service and the tray on the demo's laptop (needs a display; after make demo)"
 	@echo "make test   - lint, type check and the whole test suite"
-	@echo "make bench  - bench/unlock.py, bench/trail.py and bench/provision.py (--json)"
+	@echo "make bench  - bench/unlock.py, trail.py, provision.py and agent.py (--json)"
 
 # The Debian packages first: pyscard is built against libpcsclite.
 $(STAMP): pyproject.toml | system-deps
@@ -69,6 +69,7 @@ bench: $(STAMP)
 	$(PY) bench/unlock.py --json
 	$(PY) bench/trail.py --json
 	$(PY) bench/provision.py --json
+	$(PY) bench/agent.py --json
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .mypy_cache .ruff_cache .pytest_cache .hypothesis

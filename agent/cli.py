@@ -21,14 +21,15 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from agent import protocol
-from agent.service import Service
 from sekisho.errors import FormatError, SekishoError
-from sekisho.store.keysource import DeviceKeySource, InsecureFileKeySource, KeyringKeySource, RootFileKeySource
+
+if TYPE_CHECKING:
+    from sekisho.store.keysource import DeviceKeySource
 
 DEFAULT_SOCKET = Path("/run/sekisho/agent.sock")
 DEFAULT_STATE = Path("/var/lib/sekisho")
@@ -158,6 +159,8 @@ def run(ctx: click.Context, state_dir: Path, key_file: Path | None, insecure_key
         keys = [SoftKey.load(p) for p in soft_keys]
         devices = lambda: keys  # noqa: E731
     try:
+        from agent.service import Service  # the service's modules load only where it runs
+
         service = Service.open(state_dir, source, devices=devices)
     except SekishoError as exc:  # the service cannot start: a setup problem, not a refusal
         raise _Fail(exc.diagnostics(), EXIT_UNUSABLE) from None
@@ -226,8 +229,9 @@ def _launch_until_locked(path: Path, session: dict[str, Any]) -> None:
 @cli.command()
 @click.option("--lang", help="ja or en (default: the desktop's language).")
 @click.option("--mode", type=click.Choice(["unlock", "recover", "extend"]), default="unlock", show_default=True)
+@click.option("--ready-exit", is_flag=True, hidden=True, help="Exit once the window is drawn (bench/agent.py).")
 @click.pass_context
-def window(ctx: click.Context, lang: str | None, mode: str) -> None:
+def window(ctx: click.Context, lang: str | None, mode: str, ready_exit: bool) -> None:
     """The logon window (Tk) for this desktop session."""
     import tkinter as tk
 
@@ -244,6 +248,10 @@ def window(ctx: click.Context, lang: str | None, mode: str) -> None:
             root.after(4000, root.destroy)
 
     LogonWindow(root, ctx.obj["socket"], tr, converse=converse, mode=mode, on_done=done)
+    if ready_exit:
+        root.update()
+        root.destroy()
+        return
     root.mainloop()
 
 
@@ -321,6 +329,8 @@ def extend(ctx: click.Context) -> None:
 
 
 def _key_source(key_file: Path | None, insecure_key_file: Path | None) -> DeviceKeySource:
+    from sekisho.store.keysource import InsecureFileKeySource, KeyringKeySource, RootFileKeySource
+
     if insecure_key_file:
         return InsecureFileKeySource(insecure_key_file)
     if key_file:

@@ -23,8 +23,6 @@ from tkinter import ttk
 from typing import Any
 
 from agent.i18n import N_, Translator
-from sekisho.codes import mistyped_group, parse_extension_code, parse_recovery_code
-from sekisho.errors import CodeMistyped
 
 #: The usual bring-up time to show against the elapsed one (the report: 1:03 to 1:50).
 USUAL_CONNECT = "1〜2"
@@ -200,6 +198,10 @@ class LogonWindow:
     def check_code(self, *, final: bool = False) -> bool:
         """Flag a mistyped group as soon as it is complete (``final``: the whole code must be
         there and right); True when nothing is flagged."""
+        # Loaded on first use: the cryptography behind the codes is not needed to draw the window.
+        from sekisho.codes import mistyped_group, parse_extension_code, parse_recovery_code
+        from sekisho.errors import CodeMistyped
+
         text = self.code.get()
         group = mistyped_group(text)
         if group is None and final:

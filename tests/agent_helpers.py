@@ -6,7 +6,11 @@ injected (wall and monotonic), the network simulated (no modem can run in tests)
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import shutil
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -157,3 +161,27 @@ def make_laptop(root: Path, policy: Policy = POLICY) -> Laptop:
 def extension_code(laptop: Laptop, days_from_now: int, sequence: int, device_id: str = "laptop-0001") -> str:
     end = dt.datetime.fromtimestamp(laptop.clock.wall_time, dt.UTC).date() + dt.timedelta(days=days_from_now)
     return codes.make_extension_code(laptop.extension_key, device_id, end, sequence)
+
+
+def launch_policy(program: Path) -> Policy:
+    """The test policy, allowing one stand-in VDI client."""
+    return Policy(permitted_slot_kinds=POLICY.permitted_slot_kinds, argon2=POLICY.argon2,
+                  allow_software_authenticators=True, network_backend="simulated",
+                  launch_allowed=(str(program),), launch_close_timeout=5)
+
+
+@contextlib.contextmanager
+def serving(laptop: Laptop) -> Iterator[Path]:
+    """The laptop's service on a control socket (in a directory other users can reach)."""
+    from agent.service import Service
+
+    sock_dir = Path(tempfile.mkdtemp(prefix="sekisho-"))
+    sock_dir.chmod(0o755)
+    service = Service(laptop.gate)
+    path = sock_dir / "agent.sock"
+    service.serve_in_thread(path)
+    try:
+        yield path
+    finally:
+        service.shutdown()
+        shutil.rmtree(sock_dir, ignore_errors=True)

@@ -17,6 +17,7 @@ from sekisho.store.keysource import InsecureFileKeySource
 from sekisho.store.records import SlotKind, UserRecord
 from sekisho.store.store import CredentialStore
 from tests.dbus_helpers import dbus_mocks, logind, logind_server, system_bus  # noqa: F401 - fixtures: a private system bus
+from tests.gui_helpers import root, xvfb  # noqa: F401 - fixtures: an X server, a Tk window
 
 #: Cheap Argon2id for tests only; the policy default is t=3, m=64 MiB, p=4.
 FAST_ARGON2 = Argon2Params(time_cost=1, memory_kib=1024, parallelism=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import subprocess
@@ -48,3 +49,16 @@ def pump(root: object, until: Callable[[], bool], timeout: float = 20.0) -> None
             raise AssertionError("the window never got there")
         root.update()  # type: ignore[attr-defined]
         time.sleep(0.01)
+
+
+@pytest.fixture
+def root(xvfb: str) -> Iterator[object]:
+    """A Tk root window on the test display."""
+    import tkinter as tk
+
+    window = tk.Tk()
+    yield window
+    if window.winfo_exists():
+        window.destroy()
+    del window
+    gc.collect()  # Tk objects must die in this thread: a collection in a worker thread aborts Tcl

@@ -14,7 +14,6 @@ import socket
 import struct
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,8 +21,7 @@ import pytest
 
 from agent import cli, protocol
 from agent.gate import GateState
-from agent.service import Service
-from tests.agent_helpers import KEY_PIN, PASSPHRASE, Laptop, make_laptop
+from tests.agent_helpers import KEY_PIN, PASSPHRASE, Laptop, launch_policy, make_laptop, serving
 
 SECOND_USER = "sekisho-test"
 
@@ -31,15 +29,8 @@ SECOND_USER = "sekisho-test"
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[Laptop, Path]]:
     laptop = make_laptop(tmp_path / "laptop")
-    # A socket directory the second user can reach (pytest's own is private to root).
-    sock_dir = Path(tempfile.mkdtemp(prefix="sekisho-channel-"))
-    sock_dir.chmod(0o755)
-    service = Service(laptop.gate)
-    path = sock_dir / "agent.sock"
-    service.serve_in_thread(path)
-    yield laptop, path
-    service.shutdown()
-    shutil.rmtree(sock_dir, ignore_errors=True)
+    with serving(laptop) as path:  # a socket directory the second user can reach
+        yield laptop, path
 
 
 def ask(path: Path, request: dict, answers: str = "", monkeypatch: pytest.MonkeyPatch | None = None) -> dict:
@@ -255,21 +246,11 @@ def test_unlock_launch_starts_the_apps_and_closes_them_at_lock(tmp_path: Path) -
     (Citrix cannot run here): started from the grant, closed when the laptop locks."""
     import time
 
-    from sekisho.policy import Policy
-    from tests.agent_helpers import POLICY
     from tests.test_launch import stand_in, wait_for
 
-    program = stand_in(tmp_path / "citrix")
-    policy = Policy(permitted_slot_kinds=POLICY.permitted_slot_kinds, argon2=POLICY.argon2,
-                    allow_software_authenticators=True, network_backend="simulated",
-                    launch_allowed=(str(program),), launch_close_timeout=5)
-    laptop = make_laptop(tmp_path / "laptop", policy)
-    sock_dir = Path(tempfile.mkdtemp(prefix="sekisho-launch-"))
-    service = Service(laptop.gate)
-    path = sock_dir / "agent.sock"
-    service.serve_in_thread(path)
+    laptop = make_laptop(tmp_path / "laptop", launch_policy(stand_in(tmp_path / "citrix")))
     agent = str(Path(sys.executable).parent / "sekisho-agent")
-    try:
+    with serving(laptop) as path:
         proc = subprocess.Popen([agent, "unlock", "--user", "K30712", "--launch"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env={**os.environ, "SEKISHO_SOCKET": str(path)})
@@ -289,6 +270,3 @@ def test_unlock_launch_starts_the_apps_and_closes_them_at_lock(tmp_path: Path) -
         assert "1 apps closed, 0 had to be stopped" in err
         bodies = [e.body for e in laptop.gate.trail.entries() if e.body]
         assert [b["event"] for b in bodies if b["event"].startswith("apps-")] == ["apps-started", "apps-closed"]
-    finally:
-        service.shutdown()
-        shutil.rmtree(sock_dir, ignore_errors=True)

@@ -7,10 +7,8 @@ the ones the user guides show (docs/user-guide.md, docs/user-guide.ja.md).
 
 from __future__ import annotations
 
-import gc
 import os
 import tkinter as tk
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +19,7 @@ from agent.i18n import Translator
 from agent.tray import TrayState, draw_icon
 from agent.window import LogonWindow
 from tests.agent_helpers import PASSPHRASE
-from tests.gui_helpers import pump, xvfb  # noqa: F401
+from tests.gui_helpers import pump
 from tests.test_window import served, type_and_enter  # noqa: F401
 
 
@@ -31,16 +29,6 @@ def shots(tmp_path: Path) -> Path:
     out = Path(target) if target else tmp_path / "shots"
     out.mkdir(parents=True, exist_ok=True)
     return out
-
-
-@pytest.fixture
-def root(xvfb: str) -> Iterator[tk.Tk]:  # noqa: F811
-    window = tk.Tk()
-    yield window
-    if window.winfo_exists():
-        window.destroy()
-    del window
-    gc.collect()  # Tk objects must die in this thread: a collection in a worker thread aborts Tcl
 
 
 def nothing_cut_off(widget: tk.Misc) -> list[str]:

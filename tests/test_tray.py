@@ -8,7 +8,6 @@ from __future__ import annotations
 import gc
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,28 +15,16 @@ import pytest
 
 from agent import cli
 from agent.i18n import Translator
-from agent.service import Service
 from agent.tray import TrayApp, TrayState, build_icon, draw_icon, status_lines, tray_state
-from sekisho.policy import Policy
-from tests.agent_helpers import POLICY, Laptop, make_laptop
-from tests.gui_helpers import xvfb  # noqa: F401
+from tests.agent_helpers import Laptop, launch_policy, make_laptop, serving
 from tests.test_launch import stand_in, wait_for
 
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[Laptop, Path, Path]]:
-    program = stand_in(tmp_path / "citrix")
-    policy = Policy(permitted_slot_kinds=POLICY.permitted_slot_kinds, argon2=POLICY.argon2,
-                    allow_software_authenticators=True, network_backend="simulated",
-                    launch_allowed=(str(program),), launch_close_timeout=5)
-    laptop = make_laptop(tmp_path / "laptop", policy)
-    sock_dir = Path(tempfile.mkdtemp(prefix="sekisho-tray-"))
-    service = Service(laptop.gate)
-    path = sock_dir / "agent.sock"
-    service.serve_in_thread(path)
-    yield laptop, path, tmp_path / "citrix"
-    service.shutdown()
-    shutil.rmtree(sock_dir, ignore_errors=True)
+    laptop = make_laptop(tmp_path / "laptop", launch_policy(stand_in(tmp_path / "citrix")))
+    with serving(laptop) as path:
+        yield laptop, path, tmp_path / "citrix"
 
 
 def make_app(path: Path, lang: str = "en", confirm: bool = True) -> tuple[TrayApp, list[str]]:
@@ -78,7 +65,7 @@ def test_a_lock_from_elsewhere_closes_the_apps(served) -> None:
     assert (citrix / "args.closed").read_text() == "closed"
 
 
-def test_the_menu_on_a_real_display(served, xvfb) -> None:  # noqa: F811
+def test_the_menu_on_a_real_display(served, xvfb) -> None:
     laptop, path, _ = served
     app, opened = make_app(path, "ja")
     app.refresh()
@@ -155,7 +142,26 @@ def _colour_in(region: object, colour: str) -> bool:
     return any(sum(abs(a - b) for a, b in zip(c, rgb, strict=True)) < 12 for _, c in colours)
 
 
-def test_the_icon_docks_in_a_tray_host_and_follows_the_service(served, xvfb, tmp_path: Path) -> None:  # noqa: F811
+def _wait_for_tray_host(display: str) -> None:
+    """Until the tray host owns the system tray selection (where icons dock)."""
+    import time
+
+    from Xlib import X
+    from Xlib.display import Display
+
+    d = Display(display)
+    try:
+        selection = d.intern_atom("_NET_SYSTEM_TRAY_S0")
+        for _ in range(100):
+            if d.get_selection_owner(selection) != X.NONE:
+                return
+            time.sleep(0.05)
+    finally:
+        d.close()
+    raise AssertionError("the tray host never took the system tray")
+
+
+def test_the_icon_docks_in_a_tray_host_and_follows_the_service(served, xvfb, tmp_path: Path) -> None:
     """`sekisho-agent tray` as a desktop session runs it, docked in trayer (a real tray host)."""
     import subprocess
     import sys
@@ -169,14 +175,14 @@ def test_the_icon_docks_in_a_tray_host_and_follows_the_service(served, xvfb, tmp
     host = subprocess.Popen(["trayer", "--edge", "top", "--align", "right", "--widthtype", "pixel", "--width", "200",
                              "--height", "32"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     agent = str(Path(sys.executable).parent / "sekisho-agent")
-    time.sleep(1.0)
+    _wait_for_tray_host(xvfb)
     tray = subprocess.Popen([agent, "--socket", str(path), "tray", "--lang", "ja"], stdout=subprocess.DEVNULL,
                             stderr=(tmp_path / "tray.log").open("w"))
     try:
         shots = os.environ.get("SEKISHO_SCREENSHOTS")
 
         def shows(colour: str, name: str = "") -> bool:
-            for _ in range(60):
+            for _ in range(150):
                 corner = ImageGrab.grab(xdisplay=xvfb).crop((1366 - 200, 0, 1366, 32))
                 if _colour_in(corner, colour):
                     if shots and name:  # the docked icon, for the user guides

@@ -5,10 +5,7 @@ The service is real (a served laptop, its control socket); the keys are software
 
 from __future__ import annotations
 
-import gc
 import os
-import shutil
-import tempfile
 import tkinter as tk
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,32 +14,16 @@ import pytest
 
 from agent import cli
 from agent.i18n import Translator, missing
-from agent.service import Service
 from agent.window import LogonWindow
-from tests.agent_helpers import KEY_PIN, PASSPHRASE, Laptop, extension_code, make_laptop
-from tests.gui_helpers import pump, xvfb  # noqa: F401
+from tests.agent_helpers import KEY_PIN, PASSPHRASE, Laptop, extension_code, make_laptop, serving
+from tests.gui_helpers import pump
 
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[Laptop, Path]]:
     laptop = make_laptop(tmp_path / "laptop")
-    sock_dir = Path(tempfile.mkdtemp(prefix="sekisho-window-"))
-    service = Service(laptop.gate)
-    path = sock_dir / "agent.sock"
-    service.serve_in_thread(path)
-    yield laptop, path
-    service.shutdown()
-    shutil.rmtree(sock_dir, ignore_errors=True)
-
-
-@pytest.fixture
-def root(xvfb: str) -> Iterator[tk.Tk]:  # noqa: F811
-    window = tk.Tk()
-    yield window
-    if window.winfo_exists():
-        window.destroy()
-    del window
-    gc.collect()  # Tk objects must die in this thread: a collection in a worker thread aborts Tcl
+    with serving(laptop) as path:
+        yield laptop, path
 
 
 def open_window(root: tk.Tk, path: Path, lang: str = "en", mode: str = "unlock") -> LogonWindow:
