@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from agent import protocol
+from agent.i18n import Translator, choose_language
+from agent.messages import NOTICES, STEPS, USUAL_CONNECT, error_text
 from sekisho.errors import FormatError, SekishoError
 
 if TYPE_CHECKING:
@@ -44,15 +46,24 @@ class _Fail(Exception):
         self.code = code
 
 
+#: The field worker's language for this run (the group's ``--lang``, else the desktop's).
+_translator = Translator("en")
+
+
+def tr(message: str, **values: object) -> str:
+    """``message`` in this run's language (every string a field worker reads goes through here)."""
+    return _translator(message, **values)
+
+
 def socket_path(option: Path | None) -> Path:
     return option or Path(os.environ.get("SEKISHO_SOCKET", DEFAULT_SOCKET))
 
 
 def _answer(kind: str, user: str | None, attempts: int | None) -> str | None:
     """A secret from the person (getpass) or the next line of piped input; None: cancel."""
-    label = {"passphrase": "Passphrase", "pin": "Security key PIN", "code": "One-time code"}.get(kind, kind)
+    label = {"passphrase": tr("Passphrase"), "pin": tr("PIN"), "code": tr("One-time code")}.get(kind, kind)
     if attempts is not None:
-        label += f" ({attempts} attempts remaining)"
+        label += " (" + tr("Attempts remaining: {left}", left=attempts) + ")"
     if sys.stdin.isatty():
         try:
             return getpass.getpass(f"{label}: ")
@@ -67,15 +78,11 @@ Answerer = Callable[[str, str | None, int | None], str | None]
 
 def describe_progress(step: str, details: Mapping[str, Any]) -> str:
     """One line for a progress step of an unlock (the service's ``progress`` messages)."""
-    text = {"verifying": "Checking your factors…", "isolate": "Taking other networks down…",
-            "isolated": "Other networks are down.", "modem": "Looking for the closed-network SIM…",
-            "connecting": "Connecting to the closed network…", "probing": "Checking the office can be reached…",
-            "unlocked": "Unlocked."}.get(step, f"{step}…")
-    if step == "connecting" and "elapsed_s" in details:
-        text += f" {details['elapsed_s']} s ({details.get('state', '')})"
-    elif step == "probing" and details.get("try", 1) > 1:
-        text += f" (try {details['try']})"
-    return text
+    if step not in STEPS:
+        return f"{step}…"
+    if step == "connecting":
+        return tr(STEPS[step], elapsed=details.get("elapsed_s", 0), usual=USUAL_CONNECT)
+    return tr(STEPS[step])
 
 
 def converse(path: Path, request: dict[str, Any], *, quiet: bool = False, answer: Answerer | None = None,
@@ -90,14 +97,15 @@ def converse(path: Path, request: dict[str, Any], *, quiet: bool = False, answer
         sock.connect(str(path))
     except OSError as exc:
         sock.close()
-        raise _Fail(f"The Sekisho service is not reachable at {path} ({exc.strerror}).", EXIT_UNUSABLE) from None
+        raise _Fail(tr("The Sekisho service is not reachable at {path} ({why}).", path=path, why=exc.strerror),
+                    EXIT_UNUSABLE) from None
     with sock:
         protocol.send(sock, {"v": protocol.VERSION, **request})
         while True:
             try:
                 message = protocol.receive(sock)
             except (protocol.ChannelClosed, OSError, FormatError):
-                raise _Fail("The service closed the connection without an answer.", EXIT_UNUSABLE) from None
+                raise _Fail(tr("The service closed the connection without an answer."), EXIT_UNUSABLE) from None
             kind = message.get("type")
             if kind in ("result", "error"):
                 return message
@@ -107,9 +115,7 @@ def converse(path: Path, request: dict[str, Any], *, quiet: bool = False, answer
             elif kind == "notice" and notice is not None:
                 notice(str(message.get("kind")))
             elif kind == "notice" and not quiet:
-                click.echo({"touch": "Touch your security key.",
-                            "fingerprint": "Place your finger on the key's sensor."}.get(str(message.get("kind")),
-                                                                                       ""), err=True)
+                click.echo(tr(NOTICES.get(str(message.get("kind")), NOTICES["touch"])), err=True)
             elif kind == "progress":
                 if progress is not None:
                     progress(str(message.get("step")), dict(message.get("details") or {}))
@@ -120,21 +126,27 @@ def converse(path: Path, request: dict[str, Any], *, quiet: bool = False, answer
 
 def _outcome(message: dict[str, Any]) -> dict[str, Any]:
     if message["type"] == "error":
-        text = str(message.get("message", "Refused."))
-        if message.get("attempts_before_delay") is not None and message.get("error") != "LockedOut":
-            text += f" (attempts before a delay: {message['attempts_before_delay']})"
-        advice = message.get("advice")
-        raise _Fail(text + (f"\n{advice}" if advice else ""), EXIT_REFUSED)
+        head, advice = error_text(_translator, message)
+        if _translator.lang == "en" and message.get("message"):
+            head = str(message["message"])  # English: the service's own words, which say more
+            if message.get("attempts_before_delay") is not None and message.get("error") == "AuthenticationFailed":
+                head += " (" + tr("Attempts remaining before a pause: {left}.",
+                                  left=message["attempts_before_delay"]).rstrip(".") + ")"
+            advice = str(message.get("advice") or "")
+        raise _Fail(head + (f"\n{advice}" if advice else ""), EXIT_REFUSED)
     return message
 
 
 @click.group()
 @click.option("--socket", "sock", type=click.Path(path_type=Path), help="The service's control socket.")
 @click.option("--debug", is_flag=True, help="Tracebacks for unexpected errors, debug logs.")
+@click.option("--lang", "ui_lang", help="ja or en for what a field worker reads (default: the desktop's language).")
 @click.version_option(package_name="sekisho")
 @click.pass_context
-def cli(ctx: click.Context, sock: Path | None, debug: bool) -> None:
+def cli(ctx: click.Context, sock: Path | None, debug: bool, ui_lang: str | None) -> None:
     """Sekisho's laptop agent: the service, and unlock / lock / status."""
+    global _translator
+    _translator = Translator(_language(ui_lang))
     ctx.obj = {"socket": socket_path(sock), "debug": debug}
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -188,10 +200,11 @@ def _interrupt(signum: int, frame: object) -> None:
 def unlock(ctx: click.Context, user: str | None, launch: bool) -> None:
     """Log on: the factors your slots need, then the closed network."""
     if not user:
-        user = click.prompt("Staff id", err=True) if sys.stdin.isatty() else sys.stdin.readline().strip()
+        user = click.prompt(tr("Staff id"), err=True) if sys.stdin.isatty() else sys.stdin.readline().strip()
     result = _outcome(converse(ctx.obj["socket"], {"op": "unlock", "user": user}))
     session = result["status"].get("user") or {}
-    click.echo(f"Unlocked: {session.get('name', user)}. Apps: {', '.join(session.get('apps', [])) or '-'}")
+    click.echo(tr("Unlocked: {name}", name=session.get("name", user)) + " " +
+               tr("Apps: {apps}", apps=", ".join(session.get("apps", [])) or "-"))
     if launch:
         _launch_until_locked(ctx.obj["socket"], session)
 
@@ -205,7 +218,7 @@ def _launch_until_locked(path: Path, session: dict[str, Any]) -> None:
     client = launcher.client
     converse(path, {"op": "apps", "event": "started", "client": client, "apps": [a.app for a in launched]},
              quiet=True)
-    click.echo("Apps started; they close when the laptop locks (Ctrl+C locks now).", err=True)
+    click.echo(tr("Apps started; they close when the laptop locks (Ctrl+C locks now)."), err=True)
     link = "up"
     try:
         while True:
@@ -214,8 +227,8 @@ def _launch_until_locked(path: Path, session: dict[str, Any]) -> None:
                 break
             now = ((status.get("user") or {}).get("link") or {}).get("state", "up")
             if now != link:
-                click.echo("The closed-network link dropped; reconnecting…" if now == "reconnecting"
-                           else "The closed-network link is back.", err=True)
+                click.echo(tr("The closed-network link dropped; reconnecting…") if now == "reconnecting"
+                           else tr("The closed-network link is back."), err=True)
                 link = now
             time.sleep(2)
     except KeyboardInterrupt:
@@ -223,7 +236,8 @@ def _launch_until_locked(path: Path, session: dict[str, Any]) -> None:
     finally:
         closing = launcher.close()
         converse(path, {"op": "apps", "event": "closed", "client": client, **closing.to_json()}, quiet=True)
-        click.echo(f"Locked: {closing.closed} apps closed, {closing.killed} had to be stopped.", err=True)
+        click.echo(tr("Locked: {closed} apps closed, {killed} had to be stopped.", closed=closing.closed,
+                      killed=closing.killed), err=True)
 
 
 @cli.command()
@@ -235,10 +249,9 @@ def window(ctx: click.Context, lang: str | None, mode: str, ready_exit: bool) ->
     """The logon window (Tk) for this desktop session."""
     import tkinter as tk
 
-    from agent.i18n import Translator
     from agent.window import LogonWindow
 
-    tr = Translator(_language(lang))
+    ui = Translator(_language(lang)) if lang else _translator
     try:
         root = tk.Tk()
     except tk.TclError as exc:
@@ -247,7 +260,7 @@ def window(ctx: click.Context, lang: str | None, mode: str, ready_exit: bool) ->
         if result.get("type") == "result":  # unlocked: the tray takes over after a moment
             root.after(4000, root.destroy)
 
-    LogonWindow(root, ctx.obj["socket"], tr, converse=converse, mode=mode, on_done=done)
+    LogonWindow(root, ctx.obj["socket"], ui, converse=converse, mode=mode, on_done=done)
     if ready_exit:
         root.update()
         root.destroy()
@@ -260,10 +273,9 @@ def window(ctx: click.Context, lang: str | None, mode: str, ready_exit: bool) ->
 @click.pass_context
 def tray(ctx: click.Context, lang: str | None) -> None:
     """The tray icon for this desktop session (runs until Quit)."""
-    from agent.i18n import Translator
     from agent.tray import TrayApp, open_window, run_tray
 
-    language = _language(lang)
+    language = _language(lang) if lang else _translator.lang
     path = ctx.obj["socket"]
     app = TrayApp(path, Translator(language), converse=converse,
                   open_window=lambda mode: open_window(path, language, mode))
@@ -271,8 +283,6 @@ def tray(ctx: click.Context, lang: str | None) -> None:
 
 
 def _language(lang: str | None) -> str:
-    from agent.i18n import choose_language
-
     try:
         return choose_language(lang)
     except ValueError as exc:
@@ -284,7 +294,7 @@ def _language(lang: str | None) -> str:
 def lock(ctx: click.Context) -> None:
     """Lock: the closed network goes down, other interfaces come back."""
     _outcome(converse(ctx.obj["socket"], {"op": "lock"}))
-    click.echo("Locked.")
+    click.echo(tr("Locked."))
 
 
 @cli.command()
@@ -297,14 +307,16 @@ def status(ctx: click.Context, as_json: bool) -> None:
         click.echo(json.dumps(doc, ensure_ascii=False, sort_keys=True))
         return
     lease = doc["lease"]
-    click.echo(f"State: {doc['state']}")
-    click.echo(f"Lease: {lease['days_left']} days left (until {lease['end']})"
-               + (" — expired" if lease["expired"] else " — check in soon" if lease["warning"] else ""))
+    click.echo(tr("State: {state}", state=doc["state"]))
+    click.echo(tr("Offline period: {days} days left", days=lease["days_left"]) + f" ({lease['end']})"
+               + (" — " + tr("The offline period of this laptop is over.") if lease["expired"] else
+                  " — " + tr("Check in at the office soon.") if lease["warning"] else ""))
     if doc.get("retry_after"):
-        click.echo(f"Locked for {doc['retry_after']} more seconds after failed attempts.")
+        click.echo(tr("Try again in {seconds} s", seconds=doc["retry_after"]))
     if doc.get("user"):
         user = doc["user"]
-        click.echo(f"User: {user['name']} ({user['id']}) since {user['since']}, {user['slot']}")
+        click.echo(tr("{name} since {since}", name=f"{user['name']} ({user['id']})", since=user["since"])
+                   + f", {user['slot']}")
 
 
 @cli.command()
@@ -313,19 +325,19 @@ def status(ctx: click.Context, as_json: bool) -> None:
 def recover(ctx: click.Context, user: str) -> None:
     """Unlock once with a recovery code read out by the helpdesk (a lost key)."""
     ids = _outcome(converse(ctx.obj["socket"], {"op": "key-ids", "user": user}, quiet=True))["key_ids"]
-    click.echo(f"Key ids for the helpdesk: {', '.join(ids) or '(none left)'}", err=True)
-    code = click.prompt("Recovery code", err=True) if sys.stdin.isatty() else sys.stdin.readline().strip()
+    click.echo(tr("Key ids to read to the helpdesk: {ids}", ids=", ".join(ids) or "-"), err=True)
+    code = click.prompt(tr("Recovery code"), err=True) if sys.stdin.isatty() else sys.stdin.readline().strip()
     _outcome(converse(ctx.obj["socket"], {"op": "recover", "user": user, "code": code}))
-    click.echo("Unlocked with a recovery code. IT will register your factors again at your next check-in.")
+    click.echo(tr("Unlocked with a recovery code. IT will register your factors again at your next check-in."))
 
 
 @cli.command()
 @click.pass_context
 def extend(ctx: click.Context) -> None:
     """Renew the offline period with an extension code from the helpdesk."""
-    code = click.prompt("Extension code", err=True) if sys.stdin.isatty() else sys.stdin.readline().strip()
+    code = click.prompt(tr("Extension code"), err=True) if sys.stdin.isatty() else sys.stdin.readline().strip()
     result = _outcome(converse(ctx.obj["socket"], {"op": "extend", "code": code}))
-    click.echo(f"Extended until {result['status']['lease']['end']}.")
+    click.echo(tr("Extended until {end}.", end=result["status"]["lease"]["end"]))
 
 
 def _key_source(key_file: Path | None, insecure_key_file: Path | None) -> DeviceKeySource:

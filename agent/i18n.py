@@ -3,8 +3,9 @@
 
 The catalogs are standard gettext ``.po`` files (``agent/locale/<lang>.po``), read
 directly — no compile step, so a translator's edit is what runs. English is the msgid.
-The language: a command-line or policy override, else the OS locale (``LC_ALL``,
-``LC_MESSAGES``, ``LANG``; Windows' UI language), else Japanese — the field's language.
+The language: a command-line override (``--lang``), else ``SEKISHO_LANG``, else the OS
+locale (``LC_ALL``, ``LC_MESSAGES``, ``LANG``; Windows' UI language), else Japanese — the
+field's language.
 """
 
 from __future__ import annotations
@@ -84,6 +85,8 @@ def choose_language(override: str | None = None) -> str:
         if lang not in LANGUAGES:
             raise ValueError(f"language {override!r}: Sekisho speaks {', '.join(LANGUAGES)}")
         return lang
+    if os.environ.get("SEKISHO_LANG"):  # set for the service's users by IT, or by the tests
+        return choose_language(os.environ["SEKISHO_LANG"])
     for name in ("LC_ALL", "LC_MESSAGES", "LANG", "LANGUAGE"):
         value = os.environ.get(name, "")
         if value and value not in ("C", "POSIX", "C.UTF-8"):
@@ -128,7 +131,7 @@ def extract(paths: list[Path]) -> list[str]:
     return list(found)
 
 
-UI_MODULES = ("window.py", "tray.py")
+UI_MODULES = ("window.py", "tray.py", "messages.py", "cli.py")
 
 
 def missing(lang: str) -> list[str]:

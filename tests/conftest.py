@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,9 @@ from sekisho.store.records import SlotKind, UserRecord
 from sekisho.store.store import CredentialStore
 from tests.dbus_helpers import dbus_mocks, logind, logind_server, system_bus  # noqa: F401 - fixtures: a private system bus
 from tests.gui_helpers import root, xvfb  # noqa: F401 - fixtures: an X server, a Tk window
+
+# What a field worker reads is in English in the tests unless a test asks for Japanese.
+os.environ["SEKISHO_LANG"] = "en"
 
 #: Cheap Argon2id for tests only; the policy default is t=3, m=64 MiB, p=4.
 FAST_ARGON2 = Argon2Params(time_cost=1, memory_kib=1024, parallelism=1)

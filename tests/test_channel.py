@@ -270,3 +270,20 @@ def test_unlock_launch_starts_the_apps_and_closes_them_at_lock(tmp_path: Path) -
         assert "1 apps closed, 0 had to be stopped" in err
         bodies = [e.body for e in laptop.gate.trail.entries() if e.body]
         assert [b["event"] for b in bodies if b["event"].startswith("apps-")] == ["apps-started", "apps-closed"]
+
+
+def test_the_terminal_client_speaks_japanese(served) -> None:
+    _, path = served
+    env = {**os.environ, "SEKISHO_SOCKET": str(path)}
+    agent = str(Path(sys.executable).parent / "sekisho-agent")
+    status = subprocess.run([agent, "--lang", "ja", "status"], capture_output=True, text=True, env=env, timeout=60)
+    assert status.returncode == 0 and "状態：locked" in status.stdout and "オフライン利用期限：あと" in status.stdout
+    wrong = subprocess.run([agent, "--lang", "ja", "unlock", "--user", "K30712"], input="wrong passphrase 12\n",
+                           capture_output=True, text=True, env=env, timeout=60)
+    assert wrong.returncode == 1
+    assert "入力内容が一致しませんでした。" in wrong.stderr and "一時ロックまでの残り試行回数：4 回" in wrong.stderr
+    env["SEKISHO_LANG"] = "ja"  # the same from the environment, e.g. set by IT for field laptops
+    right = subprocess.run([agent, "unlock", "--user", "K30712"], input=f"{PASSPHRASE['K30712']}\n",
+                           capture_output=True, text=True, env=env, timeout=60)
+    assert right.returncode == 0 and "ロックを解除しました：職員 K30712 さん" in right.stdout
+    assert "認証情報を確認しています…" in right.stderr
