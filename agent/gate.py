@@ -282,6 +282,17 @@ class Gate:
             finally:
                 unlocked.close()
 
+    def identify(self, interaction: UserInteraction) -> str:
+        """The staff id a touch on a connected key names (keys enrolled to identify by touch).
+
+        Only a claim of who is there: the unlock that follows checks the factors as if the
+        id had been typed (an id this laptop does not know is refused and logged there)."""
+        with self._lock:
+            if self._state is GateState.UNLOCKED:
+                assert self.session is not None  # noqa: S101
+                raise GateBusy(f"This laptop is already unlocked for {self.session.user_id}.")
+        return fido2.identify(self.devices(), interaction)  # an unknown id: refused and logged by unlock
+
     def _bring_up(self, user_id: str, display_name: str, grant: Grant, *, uid: int | None, slot_kind: str,
                   factors: tuple[str, ...], uv_method: str | None, recovered: bool, progress: Progress,
                   reading: Reading) -> Session:

@@ -221,6 +221,8 @@ class Service:
 
         user = request.get("user", "")
         self.reload_policy()
+        if op == "unlock" and request.get("identify"):  # a touch names the user (no id typed)
+            user = gate.identify(ChannelInteraction(sock))
         if op == "unlock":
             gate.unlock(user, ChannelInteraction(sock), uid=peer.uid, progress=progress)
         elif op == "recover":

@@ -92,6 +92,10 @@ class LogonWindow:
         self.ok.grid(row=0, column=0, padx=(0, 8))
         self.cancel_button = ttk.Button(buttons, text=tr("Cancel"), command=self.cancel)
         self.cancel_button.grid(row=0, column=1)
+        # Keys enrolled to identify by touch: no id to type (the service finds the user).
+        self.touch_button = ttk.Button(buttons, text=tr("Touch your key instead"), command=self.identify)
+        if self.mode == "unlock":
+            self.touch_button.grid(row=0, column=2, padx=(8, 0))
         self.root.bind("<Return>", lambda e: self.submit())
         self.root.bind("<Escape>", lambda e: self.cancel())
         (self.code if self.mode == "extend" else self.user).focus_set()
@@ -130,6 +134,17 @@ class LogonWindow:
         self.user.state(["disabled"])
         self._started = time.monotonic()
         threading.Thread(target=self._run, args=(request,), daemon=True).start()
+
+    def identify(self) -> None:
+        """Log on with a touch that names the user (a key enrolled to identify by touch)."""
+        if self._busy or self._waiting:
+            return
+        self._busy = True
+        self._clear_error()
+        self.user.state(["disabled"])
+        self._started = time.monotonic()
+        threading.Thread(target=self._run, args=({"op": "unlock", "user": "", "identify": True},),
+                         daemon=True).start()
 
     def _first_line(self) -> str:
         return {"unlock": N_("Enter your staff id to log on."),
@@ -266,6 +281,7 @@ class LogonWindow:
             self.user.state(["disabled"])
             self.code.state(["disabled"])
             self.ok.grid_remove()
+            self.touch_button.grid_remove()
             self.cancel_button.configure(text=self.tr("Close"))
         if self.on_done is not None:
             self.on_done(result)

@@ -330,10 +330,13 @@ def user_add(station: Station, user_id: str, name: str, kana: str, department: s
 @click.option("--trusted-root", "roots", multiple=True, type=click.Path(exists=True, path_type=Path),
               help="An attestation root certificate (DER or PEM) of an approved key maker.")
 @click.option("--totp-seed", help="A hardware token's seed (base32); else one is generated and shown as a QR code.")
+@click.option("--identify-by-touch", "discoverable", is_flag=True,
+              help="With --fido2: the key keeps the staff id, so a touch names the user at the logon window "
+                   "(uses one of the key's discoverable credential places).")
 @click.pass_obj
 def user_enrol(station: Station, user_id: str, slots: tuple[str, ...], fido2: bool, with_passphrase: bool,
                totp: bool, piv: bool, card_sig: str | None, reader: str | None, policy_path: Path,
-               soft_key: Path | None, roots: tuple[Path, ...], totp_seed: str | None) -> None:
+               soft_key: Path | None, roots: tuple[Path, ...], totp_seed: str | None, discoverable: bool) -> None:
     """Enrol the user's factors (they are at the station); replaces earlier slots.
 
     Factors combine into slots: --fido2 (fido2-uv), --fido2 --passphrase (pin+fido2),
@@ -393,7 +396,8 @@ def user_enrol(station: Station, user_id: str, slots: tuple[str, ...], fido2: bo
         code = _secret("The code the app shows now")
         if matching_step(seed, code, time.time(), drift=1) is None:
             raise click.UsageError("That code does not match: scan the QR code again.")
-    requests = [office.SlotRequest(kind=k, device=device, totp_seed=seed, card=card, card_type=card_sig or "piv")
+    requests = [office.SlotRequest(kind=k, device=device, totp_seed=seed, card=card, card_type=card_sig or "piv",
+                                   discoverable=discoverable)
                 for k in kinds]
     with station.registry() as reg:
         made = office.enrol_user(reg, user_id, requests, policy=signed.policy, interaction=TerminalInteraction(),

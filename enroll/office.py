@@ -55,6 +55,7 @@ class SlotRequest:
     totp_seed: TotpSeed | None = None  # pin+totp: an app's (generated) or a hardware token's seed
     card: SmartCardConnection | None = None  # piv and card-sig: the user's card in a reader
     card_type: str = "piv"  # card-sig: "jpki" (the My Number card) or "piv" (an RSA key in 9A)
+    discoverable: bool = False  # FIDO2: the key keeps the staff id, so a touch identifies the user
 
 
 def enrol_user(registry: Registry, user_id: str, requests: Sequence[SlotRequest], *, policy: Policy,
@@ -92,7 +93,8 @@ def enrol_user(registry: Registry, user_id: str, requests: Sequence[SlotRequest]
                                          trusted_roots=trusted_roots,
                                          allow_software=policy.allow_software_authenticators, aaguids=policy.aaguids,
                                          display_name=record.display_name, passphrase=passphrase,
-                                         argon2=policy.argon2, created_at=int(time.time())))
+                                         argon2=policy.argon2, created_at=int(time.time()),
+                                         discoverable=request.discoverable))
             elif request.kind is SlotKind.PIV:
                 if request.card is None:
                     raise SekishoError("A PIV slot needs the user's card in a reader.")

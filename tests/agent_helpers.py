@@ -131,7 +131,8 @@ def make_laptop(root: Path, policy: Policy = POLICY) -> Laptop:
             kind = SlotKind.FIDO2_UV if uid == "K20581" else SlotKind.PIN_FIDO2
             slot = fido2.enrol(keys[uid], kind=kind, user_id=uid, slot_id=1, identity_private=private,
                                interaction=ScriptedInteraction(pin=[KEY_PIN] * 2), trusted_roots=roots,
-                               allow_software=True, passphrase=PASSPHRASE.get(uid), argon2=FAST_ARGON2)
+                               allow_software=True, passphrase=PASSPHRASE.get(uid), argon2=FAST_ARGON2,
+                               discoverable=uid == "K30712")  # K30712's key identifies her by a touch
         record = UserRecord(user_id=uid, display_name=f"職員 {uid}", identity_public=public,
                             passphrase_binding=binding)
         store.put_user(record, [slot])

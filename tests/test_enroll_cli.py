@@ -58,7 +58,11 @@ def station_and_laptop(tmp_path: Path, office_host: str, office_fingerprint: str
     run(office, "sekisho-enroll", "user", "add", "K30712", "--name", "鈴木 花子", "--role", "madoguchi")
     run(office, "sekisho-enroll", "user", "add", "K10234", "--name", "佐藤 美咲", "--role", "madoguchi")
     SoftKey.create(office / "finger.json", fingerprint=True)
-    run(office, "sekisho-enroll", "user", "enrol", "K30712", "--fido2", "--soft-key", "finger.json")
+    run(office, "sekisho-enroll", "user", "enrol", "K30712", "--fido2", "--soft-key", "finger.json",
+        "--identify-by-touch")
+    from sekisho.factors import fido2
+
+    assert fido2.identify([SoftKey.load(office / "finger.json")], ScriptedInteraction()) == "K30712"
     code = TotpSeed.from_base32(SEED).code_at(__import__("time").time())
     run(office, "sekisho-enroll", "user", "enrol", "K10234", "--totp", "--totp-seed", SEED,
         stdin=f"{PASSPHRASE}\n{PASSPHRASE}\n{code}\n")

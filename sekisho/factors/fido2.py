@@ -289,6 +289,41 @@ def _hmac_secret(ctap: Ctap2, cred: _Credential, salt: bytes, *, uv: bool, inter
 # --- finding the user's key ---------------------------------------------------------------
 
 
+def identify(devices: Iterable[CtapDevice], interaction: UserInteraction, rp_id: str = RP_ID) -> str:
+    """The staff id a touch on a connected key names (a discoverable credential made at
+    enrolment): no allow list, user presence only, no secret. It says who claims to be at
+    the laptop, nothing more — the unlock that follows proves it."""
+    problems: list[str] = []
+    for device in devices:
+        try:
+            ctap = _open(device)
+            challenge = hashlib.sha256(crypto.label("fido2", "identify") + os.urandom(32)).digest()
+            interaction.prompt_touch(Prompt(user_id=""))
+            with device_errors():
+                try:
+                    response = ctap.get_assertion(rp_id, challenge, None, None, {"up": True},
+                                                  on_keepalive=_keepalive(interaction, Prompt(user_id=""),
+                                                                          fingerprint=False))
+                except CtapError as exc:
+                    if exc.code == ERR.NO_CREDENTIALS:
+                        continue
+                    raise
+            handle = (response.user or {}).get("id")
+            if not isinstance(handle, bytes):
+                raise DeviceError("The security key named no user for its credential.")
+            try:
+                return handle.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DeviceError("The security key's credential names a user Sekisho did not write.") from None
+        except DeviceError as exc:
+            log.info("skipping a security key: %s", exc)
+            problems.append(str(exc))
+    if problems:
+        raise DeviceError(f"No security key could name its user ({'; '.join(problems)}).")
+    raise KeyNotFound("No connected security key was registered to identify you by a touch.",
+                      advice="Type your staff id instead.")
+
+
 def find_key(devices: Iterable[CtapDevice], rp_id: str, credential_id: bytes,
              public_key: CoseKey | None = None) -> Ctap2:
     """The connected key that holds ``credential_id``: a silent pre-flight, no touch, no secret.
@@ -379,8 +414,12 @@ def make_credential(
     allow_software: bool,
     aaguids: Sequence[str] = (),
     rp_id: str = RP_ID,
+    discoverable: bool = False,
 ) -> EnrolledKey:
-    """Make an hmac-secret credential and check the key's attestation and the policy."""
+    """Make an hmac-secret credential and check the key's attestation and the policy.
+
+    ``discoverable``: the key keeps the staff id with the credential, so that a touch
+    identifies the user at the logon window (:func:`identify`)."""
     info = KeyInfo.from_ctap(ctap)
     if not info.hmac_secret:
         raise KeyUnsuitable("This security key has no hmac-secret extension; Sekisho cannot derive a key with it.")
@@ -396,7 +435,7 @@ def make_credential(
             client_data_hash, {"id": rp_id, "name": RP_NAME},
             {"id": user_id.encode("utf-8"), "name": user_id, "displayName": display_name or user_id},
             [{"type": "public-key", "alg": -7}, {"type": "public-key", "alg": -8}],
-            extensions={"hmac-secret": True}, options={"rk": False},
+            extensions={"hmac-secret": True}, options={"rk": discoverable},
             pin_uv_param=proto.authenticate(token, client_data_hash) if proto and token else None,
             pin_uv_protocol=proto.VERSION if proto else None,
             on_keepalive=_keepalive(interaction, prompt, fingerprint=False))
@@ -435,6 +474,7 @@ def enrol(
     passphrase: str | None = None,
     argon2: Argon2Params | None = None,
     created_at: int = 0,
+    discoverable: bool = False,
 ) -> KeySlot:
     """Enrol a key as a ``fido2-uv`` or ``pin+fido2`` slot (two touches: make, then derive).
 
@@ -453,7 +493,8 @@ def enrol(
     if kind is SlotKind.PIN_FIDO2 and (passphrase is None or argon2 is None):
         raise ValueError("a pin+fido2 slot needs the passphrase and Argon2id parameters")
     enrolled = make_credential(ctap, user_id=user_id, display_name=display_name, interaction=interaction,
-                                     trusted_roots=trusted_roots, allow_software=allow_software, aaguids=aaguids)
+                               trusted_roots=trusted_roots, allow_software=allow_software, aaguids=aaguids,
+                               discoverable=discoverable)
     cred = _Credential(rp_id=RP_ID, credential_id=enrolled.credential_id,
                        public_key=CoseKey.parse(_cbor_decode(enrolled.public_key)))
     salt = os.urandom(SALT_LEN)
