@@ -11,13 +11,13 @@ export DEMO_OUT
 
 DEBIAN_PACKAGES := oathtool gnome-keyring dbus openssl python3 util-linux passwd slapd ldap-utils \
                    pcscd libpcsclite-dev vsmartcard-vpcd gcc pkg-config libdbus-1-dev libglib2.0-dev \
-                   libgirepository1.0-dev libcairo2-dev xvfb fonts-ipafont-gothic trayer
+                   libgirepository1.0-dev libcairo2-dev xvfb fonts-ipafont-gothic trayer xdotool
 # Commands that show the Debian packages are there.
 DEBIAN_CHECK    := oathtool gnome-keyring-daemon dbus-run-session dbus-send openssl /usr/bin/python3 runuser useradd \
                    /usr/sbin/slapd ldapadd /usr/sbin/pcscd /usr/include/PCSC/winscard.h \
                    /usr/lib/pcsc/drivers/serial/libifdvpcd.so gcc pkg-config /usr/include/dbus-1.0/dbus/dbus.h \
                    /usr/include/glib-2.0/glib.h /usr/include/gobject-introspection-1.0/girepository.h \
-                   /usr/include/cairo/cairo.h /usr/bin/Xvfb /usr/share/fonts/opentype/ipafont-gothic/ipag.ttf trayer
+                   /usr/include/cairo/cairo.h /usr/bin/Xvfb /usr/share/fonts/opentype/ipafont-gothic/ipag.ttf trayer xdotool
 
 .PHONY: demo run test lint typecheck unit bench system-deps clean help
 

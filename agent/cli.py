@@ -11,6 +11,7 @@ factors, locked out, lease expired, not allowed); 2 could not run (no service, u
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import logging
@@ -18,6 +19,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -87,10 +89,11 @@ def describe_progress(step: str, details: Mapping[str, Any]) -> str:
 
 def converse(path: Path, request: dict[str, Any], *, quiet: bool = False, answer: Answerer | None = None,
              progress: Callable[[str, dict[str, Any]], None] | None = None,
-             notice: Callable[[str], None] | None = None) -> dict[str, Any]:
+             notice: Callable[[str], None] | None = None,
+             cancel: threading.Event | None = None) -> dict[str, Any]:
     """Send one request, answer the service's prompts (``answer``: kind, user, attempts
     remaining → the answer or None to cancel; by default the terminal), return its final
-    message."""
+    message. ``cancel``: set it to cancel while a key waits for a touch."""
     answer = answer or _answer
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -101,27 +104,48 @@ def converse(path: Path, request: dict[str, Any], *, quiet: bool = False, answer
                     EXIT_UNUSABLE) from None
     with sock:
         protocol.send(sock, {"v": protocol.VERSION, **request})
-        while True:
-            try:
-                message = protocol.receive(sock)
-            except (protocol.ChannelClosed, OSError, FormatError):
-                raise _Fail(tr("The service closed the connection without an answer."), EXIT_UNUSABLE) from None
-            kind = message.get("type")
-            if kind in ("result", "error"):
-                return message
-            if kind == "prompt":
-                value = answer(str(message.get("kind")), message.get("user"), message.get("attempts_remaining"))
-                protocol.send(sock, {"type": "cancel"} if value is None else {"type": "answer", "value": value})
-            elif kind == "notice" and notice is not None:
-                notice(str(message.get("kind")))
-            elif kind == "notice" and not quiet:
-                click.echo(tr(NOTICES.get(str(message.get("kind")), NOTICES["touch"])), err=True)
-            elif kind == "progress":
-                if progress is not None:
-                    progress(str(message.get("step")), dict(message.get("details") or {}))
-                elif not quiet:
-                    click.echo(f"  {describe_progress(str(message.get('step')), message.get('details') or {})}",
-                               err=True)
+        finished = threading.Event()
+        if cancel is not None:  # the person cancels while a key waits for a touch: say so to the service
+            def send_cancel() -> None:
+                while not finished.is_set():
+                    if cancel.wait(0.1):
+                        with contextlib.suppress(OSError):
+                            protocol.send(sock, {"type": "cancel"})
+                        return
+
+            threading.Thread(target=send_cancel, daemon=True).start()
+        try:
+            return _converse_loop(sock, answer, quiet, progress, notice)
+        finally:
+            finished.set()
+
+
+def _converse_loop(sock: socket.socket, answer: Answerer, quiet: bool,
+                   progress: Callable[[str, dict[str, Any]], None] | None,
+                   notice: Callable[[str], None] | None) -> dict[str, Any]:
+    while True:
+        try:
+            message = protocol.receive(sock)
+        except (protocol.ChannelClosed, OSError, FormatError):
+            raise _Fail(tr("The service closed the connection without an answer."), EXIT_UNUSABLE) from None
+        kind = message.get("type")
+        if kind in ("result", "error"):
+            return message
+        if kind == "prompt":
+            value = answer(str(message.get("kind")), message.get("user"), message.get("attempts_remaining"))
+            protocol.send(sock, {"type": "cancel"} if value is None else {"type": "answer", "value": value})
+        elif kind == "notice" and notice is not None:
+            notice(str(message.get("kind")))
+        elif kind == "notice" and not quiet:
+            click.echo(tr(NOTICES.get(str(message.get("kind")), NOTICES["touch"])), err=True)
+        elif kind == "progress":
+            if progress is not None:
+                progress(str(message.get("step")), dict(message.get("details") or {}))
+            elif not quiet:
+                click.echo(f"  {describe_progress(str(message.get('step')), message.get('details') or {})}",
+                           err=True)
+
+
 
 
 def _outcome(message: dict[str, Any]) -> dict[str, Any]:
@@ -242,20 +266,34 @@ def _launch_until_locked(path: Path, session: dict[str, Any]) -> None:
 
 @cli.command()
 @click.option("--lang", help="ja or en (default: the desktop's language).")
-@click.option("--mode", type=click.Choice(["unlock", "recover", "extend"]), default="unlock", show_default=True)
+@click.option("--mode", type=click.Choice(["unlock", "recover", "extend", "status", "quit"]), default="unlock",
+              show_default=True)
 @click.option("--ready-exit", is_flag=True, hidden=True, help="Exit once the window is drawn (bench/agent.py).")
 @click.pass_context
 def window(ctx: click.Context, lang: str | None, mode: str, ready_exit: bool) -> None:
     """The logon window (Tk) for this desktop session."""
     import tkinter as tk
 
-    from agent.window import LogonWindow
+    from agent.window import LogonWindow, StatusWindow, ask_quit
 
     ui = Translator(_language(lang)) if lang else _translator
     try:
         root = tk.Tk()
     except tk.TclError as exc:
         raise _Fail(f"No display for the logon window ({exc}).", EXIT_UNUSABLE) from None
+    if mode == "quit":  # the tray's question; the exit code is the answer
+        yes = ask_quit(root, ui)
+        root.destroy()
+        ctx.exit(0 if yes else EXIT_REFUSED)
+    if mode == "status":
+        from agent.tray import status_lines
+
+        reply = converse(ctx.obj["socket"], {"op": "status"}, quiet=True)
+        StatusWindow(root, status_lines(ui, reply.get("status") if reply.get("type") == "result" else None), ui)
+        if not ready_exit:
+            root.mainloop()
+        return
+
     def done(result: dict[str, Any]) -> None:
         if result.get("type") == "result":  # unlocked: the tray takes over after a moment
             root.after(4000, root.destroy)
@@ -273,12 +311,13 @@ def window(ctx: click.Context, lang: str | None, mode: str, ready_exit: bool) ->
 @click.pass_context
 def tray(ctx: click.Context, lang: str | None) -> None:
     """The tray icon for this desktop session (runs until Quit)."""
-    from agent.tray import TrayApp, open_window, run_tray
+    from agent.tray import TrayApp, ask_quit, open_window, run_tray
 
     language = _language(lang) if lang else _translator.lang
     path = ctx.obj["socket"]
     app = TrayApp(path, Translator(language), converse=converse,
-                  open_window=lambda mode: open_window(path, language, mode))
+                  open_window=lambda mode: open_window(path, language, mode),
+                  confirm_quit=lambda: ask_quit(path, language))
     run_tray(app)
 
 

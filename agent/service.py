@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import socket
 import socketserver
 import stat
@@ -66,8 +67,45 @@ class ChannelInteraction(UserInteraction):
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
+        self._cancelled = threading.Event()
+        self.cancel_event = self._cancelled
+        self._watcher: threading.Thread | None = None
+        self._stop_watch = threading.Event()
+
+    # While a key waits for the person, the client may say "cancel": a watcher reads the
+    # channel then (and only then: a prompt's answer is read by _ask) and tells the key.
+
+    def _watch(self) -> None:
+        if self._watcher is not None:
+            return
+        self._stop_watch.clear()
+        self._watcher = threading.Thread(target=self._watch_loop, daemon=True, name="sekisho-cancel-watch")
+        self._watcher.start()
+
+    def _watch_loop(self) -> None:
+        while not self._stop_watch.is_set():
+            try:
+                ready, _, _ = select.select([self._sock], [], [], 0.1)
+                if not ready:
+                    continue
+                message = protocol.receive(self._sock)
+            except (protocol.ChannelClosed, OSError, FormatError, ValueError):
+                self._cancelled.set()  # the window went away: nobody will touch for it
+                return
+            if message.get("type") == "cancel":
+                self._cancelled.set()
+                return
+
+    def stop_watching(self) -> None:
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            self._stop_watch.set()
+            watcher.join(5)
 
     def _ask(self, kind: str, prompt: Prompt) -> str:
+        self.stop_watching()
+        if self._cancelled.is_set():
+            raise Cancelled("Cancelled.")
         protocol.send(self._sock, {"type": "prompt", "kind": kind, "user": prompt.user_id,
                                    "attempts_remaining": prompt.attempts_remaining})
         self._sock.settimeout(PROMPT_TIMEOUT)
@@ -91,6 +129,7 @@ class ChannelInteraction(UserInteraction):
     def _notice(self, kind: str) -> None:
         with contextlib.suppress(OSError):  # a vanished client is handled with the result
             protocol.send(self._sock, {"type": "notice", "kind": kind})
+        self._watch()
 
     def prompt_touch(self, prompt: Prompt) -> None:
         self._notice("touch")
@@ -221,16 +260,20 @@ class Service:
 
         user = request.get("user", "")
         self.reload_policy()
-        if op == "unlock" and request.get("identify"):  # a touch names the user (no id typed)
-            user = gate.identify(ChannelInteraction(sock))
-        if op == "unlock":
-            gate.unlock(user, ChannelInteraction(sock), uid=peer.uid, progress=progress)
-        elif op == "recover":
-            gate.recover(user, request.get("code", ""), ChannelInteraction(sock), uid=peer.uid, progress=progress)
-        elif op == "extend":
-            gate.extend(request.get("code", ""))
-        elif op == "key-ids":
-            return {"key_ids": gate.recovery_key_ids(user)}
+        interaction = ChannelInteraction(sock)
+        try:
+            if op == "unlock" and request.get("identify"):  # a touch names the user (no id typed)
+                user = gate.identify(interaction)
+            if op == "unlock":
+                gate.unlock(user, interaction, uid=peer.uid, progress=progress)
+            elif op == "recover":
+                gate.recover(user, request.get("code", ""), interaction, uid=peer.uid, progress=progress)
+            elif op == "extend":
+                gate.extend(request.get("code", ""))
+            elif op == "key-ids":
+                return {"key_ids": gate.recovery_key_ids(user)}
+        finally:
+            interaction.stop_watching()  # the answer goes out only once nothing else reads the channel
         return {"status": gate.status(details=True)}
 
     # --- serving ------------------------------------------------------------------------

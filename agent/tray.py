@@ -10,6 +10,7 @@ laptop locks, reporting both to the service for the trail.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import subprocess
@@ -83,7 +84,7 @@ def status_lines(tr: Translator, status: dict[str, Any] | None) -> list[str]:
     lines = [tr(TITLES[tray_state(status)])]
     user = status.get("user")
     if user:
-        lines.append(tr("{name} since {since}", name=user.get("name", ""), since=user.get("since", "")[11:16]))
+        lines.append(tr("{name} since {since}", name=user.get("name", ""), since=_local_time(user.get("since", ""))))
         link = user.get("link") or {}
         if link.get("state") == "reconnecting":
             lines.append(tr("The closed-network link dropped; reconnecting…"))
@@ -96,6 +97,14 @@ def status_lines(tr: Translator, status: dict[str, Any] | None) -> list[str]:
     if status.get("retry_after"):
         lines.append(tr("Try again in {seconds} s", seconds=status["retry_after"]))
     return lines
+
+
+def _local_time(iso: str) -> str:
+    """``HH:MM`` on the laptop's clock for the service's UTC time stamp."""
+    try:
+        return dt.datetime.fromisoformat(iso.replace("Z", "+00:00")).astimezone().strftime("%H:%M")
+    except ValueError:
+        return iso
 
 
 def draw_icon(state: TrayState, size: int = 64) -> Image.Image:
@@ -129,10 +138,18 @@ def draw_icon(state: TrayState, size: int = 64) -> Image.Image:
     return image
 
 
+def _window_command(path: Path, lang: str, mode: str) -> list[str]:
+    return [sys.executable, "-m", "agent.cli", "--socket", str(path), "window", "--lang", lang, "--mode", mode]
+
+
 def open_window(path: Path, lang: str, mode: str) -> None:
-    """The logon, recovery or extension window, in its own process (Tk has its own loop)."""
-    subprocess.Popen([sys.executable, "-m", "agent.cli", "--socket", str(path), "window",  # noqa: S603
-                      "--lang", lang, "--mode", mode])
+    """The logon, recovery, extension or status window, in its own process (Tk has its own loop)."""
+    subprocess.Popen(_window_command(path, lang, mode))  # noqa: S603
+
+
+def ask_quit(path: Path, lang: str) -> bool:
+    """Ask the person, in a small window of its own, whether to quit (and so lock)."""
+    return subprocess.call(_window_command(path, lang, "quit")) == 0  # noqa: S603
 
 
 class TrayApp:
@@ -212,6 +229,7 @@ class TrayApp:
 
     def show_status(self) -> None:
         self.notify("\n".join(status_lines(self.tr, self.status)))
+        self.open_window("status")
 
     def recover(self) -> None:
         self.open_window("recover")

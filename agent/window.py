@@ -39,6 +39,7 @@ class LogonWindow:
         self.on_done = on_done
         self.result: dict[str, Any] | None = None
         self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._cancel = threading.Event()
         self._answer: queue.Queue[str | None] = queue.Queue()
         self._started = 0.0
         self._build()
@@ -190,16 +191,21 @@ class LogonWindow:
             self.key_ids.configure(text=self.tr("Key ids to read to the helpdesk: {ids}", ids="  ".join(ids)))
 
     def cancel(self) -> None:
-        """Esc / Cancel: refuse the prompt shown (the service cancels the logon), or close."""
+        """Esc / Cancel: refuse the prompt shown, stop a key waiting for a touch (the service
+        cancels the logon either way), or close the window."""
         if self._waiting:
             self._hide_secret()
             self._answer.put(None)
-        elif not self._busy:
+        elif self._busy:
+            self._cancel.set()
+            self.progress.configure(text=self.tr("Cancelling…"))
+        else:
             self.root.destroy()
 
     # --- the worker thread -------------------------------------------------------------------
 
     def _run(self, request: dict[str, Any]) -> None:
+        self._cancel = cancel = threading.Event()
         def answer(kind: str, user: str | None, left: int | None) -> str | None:
             self._events.put(("prompt", (kind, left)))
             return self._answer.get()
@@ -207,7 +213,7 @@ class LogonWindow:
         try:
             result = self._converse(self.path, request, quiet=True, answer=answer,
                                     progress=lambda step, details: self._events.put(("progress", (step, details))),
-                                    notice=lambda kind: self._events.put(("notice", kind)))
+                                    notice=lambda kind: self._events.put(("notice", kind)), cancel=cancel)
         except Exception as exc:  # the service is not there: said plainly, not a traceback
             result = {"type": "error", "error": "Unavailable", "message": str(exc)}
         self._events.put(("done", result))
@@ -293,3 +299,33 @@ class LogonWindow:
     def _clear_error(self) -> None:
         self.error.configure(text="")
         self.advice.configure(text="")
+
+
+class StatusWindow:
+    """The tray's "Status": who is unlocked since when, the link, the offline period."""
+
+    def __init__(self, root: tk.Tk, lines: list[str], tr: Translator) -> None:
+        root.title(tr("Sekisho — status"))
+        base = tkfont.nametofont("TkDefaultFont")
+        base.configure(size=13)
+        self._fonts = (base,)
+        frame = ttk.Frame(root, padding=24)
+        frame.grid(sticky="nsew")
+        self.labels = [ttk.Label(frame, text=line, wraplength=560) for line in lines]
+        for row, label in enumerate(self.labels):
+            label.grid(row=row, column=0, sticky="w", pady=(0, 6))
+        self.close = ttk.Button(frame, text=tr("Close"), command=root.destroy)
+        self.close.grid(row=len(lines), column=0, sticky="e", pady=(16, 0))
+        root.bind("<Return>", lambda e: root.destroy())
+        root.bind("<Escape>", lambda e: root.destroy())
+        self.close.focus_set()
+
+
+def ask_quit(root: tk.Tk, tr: Translator) -> bool:
+    """The tray's "Quit" asks first: quitting locks the laptop and closes the apps."""
+    from tkinter import messagebox
+
+    root.withdraw()
+    return bool(messagebox.askyesno(tr("Quit Sekisho"),
+                                    tr("Quit Sekisho? The laptop will be locked and your apps closed."),
+                                    parent=root))

@@ -106,3 +106,23 @@ def test_tray_icons(shots: Path) -> None:
     for state in TrayState:
         draw_icon(state, 32).save(shots / f"tray-{state.value}.png")
     assert all((shots / f"tray-{state.value}.png").stat().st_size > 100 for state in TrayState)
+
+
+@pytest.mark.parametrize("lang", ["ja", "en"])
+def test_status_window(served, root, shots: Path, lang: str) -> None:  # noqa: F811
+    """The tray's Status: who, since when, the link, the offline period."""
+    import os as _os
+
+    from agent.tray import status_lines
+    from agent.window import StatusWindow
+
+    laptop, path = served
+    laptop.gate.unlock("K30712", laptop.answers("K30712"), uid=_os.getuid())
+    status = cli.converse(path, {"op": "status"}, quiet=True)["status"]
+    tr = Translator(lang)
+    window = StatusWindow(root, status_lines(tr, status), tr)
+    root.geometry("+0+0")
+    texts = [label.cget("text") for label in window.labels]
+    assert texts[0] == tr("Sekisho: unlocked") and "K30712" in texts[1]
+    assert any("60%" in t for t in texts) and any("14" in t for t in texts)
+    grab(root, shots / f"status.{lang}.png")

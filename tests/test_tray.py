@@ -202,3 +202,32 @@ def test_the_icon_docks_in_a_tray_host_and_follows_the_service(served, xvfb, tmp
         host.terminate()
         host.wait(10)
     assert "Traceback" not in (tmp_path / "tray.log").read_text()
+
+
+@pytest.mark.parametrize(("key", "answer"), [("Return", 0), ("Escape", 1)])
+def test_quit_asks_in_a_window_of_its_own(served, xvfb, key: str, answer: int) -> None:
+    """The question the tray's Quit asks (a real Tk dialog, answered with the keyboard)."""
+    import subprocess
+    import sys
+    import time
+
+    _, path, _ = served
+    agent = str(Path(sys.executable).parent / "sekisho-agent")
+    dialog = subprocess.Popen([agent, "--socket", str(path), "window", "--mode", "quit", "--lang", "en"])
+    try:
+        window = ""
+        for _ in range(100):
+            found = subprocess.run(["xdotool", "search", "--onlyvisible", "--name", "Quit Sekisho"],
+                                   capture_output=True, text=True)
+            if found.stdout.split():
+                window = found.stdout.split()[-1]
+                break
+            time.sleep(0.05)
+        assert window, "the question never showed"
+        time.sleep(0.3)
+        subprocess.run(["xdotool", "windowfocus", "--sync", window], check=True)  # no window manager here
+        subprocess.run(["xdotool", "key", key], check=True)
+        assert dialog.wait(10) == answer
+    finally:
+        if dialog.poll() is None:
+            dialog.kill()

@@ -176,3 +176,32 @@ def test_the_window_command_without_a_display_says_so(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "No display" in proc.stderr and "Traceback" not in proc.stderr
     bad = subprocess.run([agent, "window", "--lang", "fr"], env=env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "Sekisho speaks ja, en" in bad.stderr
+
+
+def test_esc_while_the_key_waits_for_a_touch_cancels(served, root) -> None:
+    """The person does not touch and presses Esc: the key is told to stop (CTAP cancel)."""
+    import time
+
+    laptop, path = served
+    keys = list(laptop.gate.devices())
+
+    def not_touching(key: object) -> object:
+        def wait(what: str) -> None:  # the simulated person never touches; the key waits for a cancel
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and not (key._event and key._event.is_set()):  # type: ignore[attr-defined]
+                time.sleep(0.02)
+        return wait
+
+    for key in keys:
+        key.on_wait = not_touching(key)
+    window = open_window(root, path)
+    type_and_enter(root, window.user, "K30712")
+    answer(window, root, PASSPHRASE["K30712"])
+    pump(root, lambda: window.headline.cget("text") == "Touch your security key.")
+    window.user.event_generate("<Escape>")
+    started = time.monotonic()
+    pump(root, lambda: window.result is not None)
+    assert time.monotonic() - started < 5, "the key went on waiting"
+    assert window.result is not None and window.result["error"] == "Cancelled"
+    assert window.error.cget("text") == "Logon cancelled."
+    assert laptop.gate.session is None

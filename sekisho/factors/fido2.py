@@ -267,7 +267,7 @@ def _hmac_secret(ctap: Ctap2, cred: _Credential, salt: bytes, *, uv: bool, inter
         response = ctap.get_assertion(
             cred.rp_id, client_data_hash, [{"type": "public-key", "id": cred.credential_id}], extension,
             None, protocol.authenticate(token, client_data_hash) if token else None,
-            protocol.VERSION if token else None,
+            protocol.VERSION if token else None, event=interaction.cancel_event,
             on_keepalive=_keepalive(interaction, prompt, fingerprint=False))
         auth_data: AuthenticatorData = response.auth_data
         # The signature binds the flags: a key (or something posing as one) cannot claim UV.
@@ -302,6 +302,7 @@ def identify(devices: Iterable[CtapDevice], interaction: UserInteraction, rp_id:
             with device_errors():
                 try:
                     response = ctap.get_assertion(rp_id, challenge, None, None, {"up": True},
+                                                  event=interaction.cancel_event,
                                                   on_keepalive=_keepalive(interaction, Prompt(user_id=""),
                                                                           fingerprint=False))
                 except CtapError as exc:

@@ -7,6 +7,7 @@ window themselves (as python-fido2's client takes a ``UserInteraction``).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -23,6 +24,9 @@ class Prompt:
 
 class UserInteraction:
     """Override what your UI can ask; anything else cancels the logon."""
+
+    #: Set by the UI to cancel while a key waits for a touch or a finger (passed to the key).
+    cancel_event: threading.Event | None = None
 
     def request_passphrase(self, prompt: Prompt) -> str:
         raise Cancelled("No way to ask for a passphrase here.")
