@@ -19,6 +19,7 @@ PROMPTS = {
 NOTICES = {
     "touch": N_("Touch your security key."),
     "fingerprint": N_("Place your finger on the key's sensor."),
+    "insert": N_("Insert your security key or card."),
 }
 STEPS = {
     "verifying": N_("Checking your factors…"),

@@ -66,8 +66,9 @@ def check_request(message: dict[str, Any]) -> dict[str, Any]:
     for name in ("user", "code"):
         if name in message and not isinstance(message[name], str):
             raise FormatError(f"{name} must be text")
-    if "identify" in message and not isinstance(message["identify"], bool):
-        raise FormatError("identify must be true or false")
+    for flag in ("identify", "wait"):
+        if flag in message and not isinstance(message[flag], bool):
+            raise FormatError(f"{flag} must be true or false")
     if message["op"] == "apps":  # the session's launcher reports what it started or closed
         if message.get("event") not in ("started", "closed"):
             raise FormatError("apps: event must be 'started' or 'closed'")

@@ -62,11 +62,16 @@ def peer_of(sock: socket.socket) -> Peer:
     return Peer(pid, uid, gid)
 
 
+#: Seconds a logon window's request waits for a key or card to be inserted.
+DEVICE_WAIT = 60.0
+
+
 class ChannelInteraction(UserInteraction):
     """Relays the factors' questions to the client on the other end of the channel."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, *, device_wait: float = 0.0) -> None:
         self._sock = sock
+        self.device_wait = device_wait
         self._cancelled = threading.Event()
         self.cancel_event = self._cancelled
         self._watcher: threading.Thread | None = None
@@ -136,6 +141,9 @@ class ChannelInteraction(UserInteraction):
 
     def prompt_fingerprint(self, prompt: Prompt) -> None:
         self._notice("fingerprint")
+
+    def prompt_insert(self, prompt: Prompt) -> None:
+        self._notice("insert")
 
 
 def error_message(exc: SekishoError) -> dict[str, Any]:
@@ -260,7 +268,8 @@ class Service:
 
         user = request.get("user", "")
         self.reload_policy()
-        interaction = ChannelInteraction(sock)
+        # A logon window asks to wait for the person to insert their key or card.
+        interaction = ChannelInteraction(sock, device_wait=DEVICE_WAIT if request.get("wait") else 0.0)
         try:
             if op == "unlock" and request.get("identify"):  # a touch names the user (no id typed)
                 user = gate.identify(interaction)

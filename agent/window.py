@@ -119,7 +119,7 @@ class LogonWindow:
         if not user and self.mode != "extend":
             self._show_error(self.tr("Enter your staff id to log on."), "")
             return
-        request: dict[str, Any] = {"op": self.mode, "user": user}
+        request: dict[str, Any] = {"op": self.mode, "user": user, "wait": True}
         if self.mode != "unlock":
             if self.root.focus_get() is self.user:  # Enter in the staff id: on to the code
                 self.show_key_ids()
@@ -144,7 +144,7 @@ class LogonWindow:
         self._clear_error()
         self.user.state(["disabled"])
         self._started = time.monotonic()
-        threading.Thread(target=self._run, args=({"op": "unlock", "user": "", "identify": True},),
+        threading.Thread(target=self._run, args=({"op": "unlock", "user": "", "identify": True, "wait": True},),
                          daemon=True).start()
 
     def _first_line(self) -> str:

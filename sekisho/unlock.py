@@ -13,9 +13,9 @@ from dataclasses import dataclass, field, replace
 
 from sekisho import crypto
 from sekisho.devices.card import pcsc_cards
-from sekisho.errors import FactorError, IntegrityError, KeyNotFound, NoUsableSlot, UserDisabled
+from sekisho.errors import Cancelled, FactorError, IntegrityError, KeyNotFound, NoUsableSlot, UserDisabled
 from sekisho.factors import cardsig, fido2, pin_totp, piv
-from sekisho.factors.interaction import UserInteraction
+from sekisho.factors.interaction import Prompt, UserInteraction
 from sekisho.factors.piv import CardSource
 from sekisho.policy import Policy
 from sekisho.store.grants import Grant, open_grant, unseal_grant_key
@@ -142,23 +142,40 @@ def usable_slots(policy: Policy, slots: list[KeySlot]) -> list[KeySlot]:
     ]
 
 
+#: Seconds between looks for an inserted key or card while the logon waits for one.
+DEVICE_POLL = 0.5
+
+
 def _open_first_present(candidates: list[KeySlot], request: OpenRequest) -> tuple[Opened, KeySlot]:
     """Open the first slot whose device is present, in the policy's order.
 
     Only an absent key moves on to the next slot; a wrong factor is the answer.
     """
-    absent: KeyNotFound | None = None
-    for slot in candidates:
-        try:
-            return OPENERS[slot.kind](replace(request, slot=slot)), slot
-        except KeyNotFound as exc:
-            absent = absent or exc
-            log.info("no device for the %s slot; trying the next one", slot.kind.value)
-        except FactorError as exc:
-            exc.slot_kind = slot.kind  # type: ignore[attr-defined]  # for the trail: which slot refused
-            raise
-    assert absent is not None  # noqa: S101 - candidates is never empty here
-    raise absent
+    interaction = request.interaction
+    deadline: float | None = None
+    while True:
+        absent: KeyNotFound | None = None
+        for slot in candidates:
+            try:
+                return OPENERS[slot.kind](replace(request, slot=slot)), slot
+            except KeyNotFound as exc:
+                absent = absent or exc
+                log.info("no device for the %s slot; trying the next one", slot.kind.value)
+            except FactorError as exc:
+                exc.slot_kind = slot.kind  # type: ignore[attr-defined]  # for the trail: which slot refused
+                raise
+        assert absent is not None  # noqa: S101 - candidates is never empty here
+        # None of the person's keys or cards is there: a logon window asks for it and waits.
+        if deadline is None and interaction.device_wait > 0:
+            interaction.prompt_insert(Prompt(user_id=request.user.user_id))
+            deadline = time.monotonic() + interaction.device_wait
+        if deadline is None or time.monotonic() >= deadline:
+            raise absent
+        cancel = interaction.cancel_event
+        if cancel is not None and cancel.wait(DEVICE_POLL):
+            raise Cancelled("Cancelled.")
+        if cancel is None:
+            time.sleep(DEVICE_POLL)
 
 
 def unlock(

@@ -205,3 +205,36 @@ def test_esc_while_the_key_waits_for_a_touch_cancels(served, root) -> None:
     assert window.result is not None and window.result["error"] == "Cancelled"
     assert window.error.cget("text") == "Logon cancelled."
     assert laptop.gate.session is None
+
+
+def test_the_window_waits_for_the_key_to_be_inserted(served, root) -> None:
+    laptop, path = served
+    keys, present = list(laptop.gate.devices()), []
+    laptop.gate.devices = lambda: list(present)  # the key is still in the bag
+    window = open_window(root, path)
+    type_and_enter(root, window.user, "K30712")
+    pump(root, lambda: window.headline.cget("text") == "Insert your security key or card." or window._waiting)
+    if window._waiting:  # the passphrase comes first for this slot kind
+        answer(window, root, PASSPHRASE["K30712"])
+        pump(root, lambda: window.headline.cget("text") == "Insert your security key or card.")
+    present.extend(keys)  # plugged in
+    pump(root, lambda: window._waiting or window.result is not None)
+    if window._waiting:
+        answer(window, root, PASSPHRASE["K30712"])
+    pump(root, lambda: window.result is not None)
+    assert window.result is not None and window.result["type"] == "result"
+
+
+def test_esc_while_waiting_for_the_key_cancels(served, root) -> None:
+    import time
+
+    laptop, path = served
+    laptop.gate.devices = lambda: []
+    window = open_window(root, path)
+    type_and_enter(root, window.user, "K20581")  # fido2-uv: the key first
+    pump(root, lambda: window.headline.cget("text") == "Insert your security key or card.")
+    started = time.monotonic()
+    window.user.event_generate("<Escape>")
+    pump(root, lambda: window.result is not None)
+    assert time.monotonic() - started < 5
+    assert window.result is not None and window.result["error"] == "Cancelled"

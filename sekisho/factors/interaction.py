@@ -27,6 +27,9 @@ class UserInteraction:
 
     #: Set by the UI to cancel while a key waits for a touch or a finger (passed to the key).
     cancel_event: threading.Event | None = None
+    #: Seconds to wait for the person to insert their key or card when none is there
+    #: (0: say so at once). A logon window waits; scripts and tests do not.
+    device_wait: float = 0.0
 
     def request_passphrase(self, prompt: Prompt) -> str:
         raise Cancelled("No way to ask for a passphrase here.")
@@ -44,6 +47,9 @@ class UserInteraction:
 
     def prompt_fingerprint(self, prompt: Prompt) -> None:
         """Tell the user to place their finger on the key's sensor."""
+
+    def prompt_insert(self, prompt: Prompt) -> None:
+        """Tell the user to insert their security key or card (none of theirs is there)."""
 
 
 class ScriptedInteraction(UserInteraction):
