@@ -170,8 +170,13 @@ def _outcome(message: dict[str, Any]) -> dict[str, Any]:
 def cli(ctx: click.Context, sock: Path | None, debug: bool, ui_lang: str | None) -> None:
     """Sekisho's laptop agent: the service, and unlock / lock / status."""
     global _translator
-    _translator = Translator(_language(ui_lang))
-    ctx.obj = {"socket": socket_path(sock), "debug": debug}
+    path = socket_path(sock)
+    # The policy's language (IT's choice) where --lang and SEKISHO_LANG say nothing, for the
+    # commands a field worker runs; the desktop's language otherwise.
+    policy_lang = (_policy_language(path) if not ui_lang and ctx.invoked_subcommand in FIELD_COMMANDS
+                   else None)
+    _translator = Translator(_language(ui_lang, policy_lang))
+    ctx.obj = {"socket": path, "debug": debug}
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -321,11 +326,25 @@ def tray(ctx: click.Context, lang: str | None) -> None:
     run_tray(app)
 
 
-def _language(lang: str | None) -> str:
+def _language(lang: str | None, policy: str | None = None) -> str:
     try:
-        return choose_language(lang)
+        return choose_language(lang, policy)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--lang") from None
+
+
+#: The commands a field worker runs: they speak the policy's language where IT set one.
+FIELD_COMMANDS = frozenset({"unlock", "lock", "status", "recover", "extend", "window", "tray"})
+
+
+def _policy_language(path: Path) -> str | None:
+    """The language the service's policy sets, or None (none set, or no service yet)."""
+    try:
+        reply = converse(path, {"op": "status"}, quiet=True)
+    except (_Fail, OSError, ValueError):
+        return None
+    language = (reply.get("status") or {}).get("language") if reply.get("type") == "result" else None
+    return language if language in ("ja", "en") else None
 
 
 @cli.command()

@@ -43,6 +43,7 @@ from sekisho.unlock import factor_kinds, unlock, usable_slots
 log = logging.getLogger(__name__)
 
 EXTENSION_KEY = "extension-key"
+RECENT_USERS = "recent-users"
 RECOVERY = "recovery"
 
 
@@ -163,6 +164,10 @@ class Gate:
             "lease": lease.to_json() | {"warning": lease.warning},
             "clock": {"behind": reading.behind},
             "retry_after": self._retry_after() if state is GateState.LOCKED_OUT else 0,
+            # Only where the policy allows it: the staff ids the logon window may offer.
+            "recent_users": self.recent_users(),
+            # IT's choice of language for what field workers read ("" : each desktop's own).
+            "language": self.policy.ui_language,
             "user": None,
         }
         if details and session is not None:
@@ -171,6 +176,20 @@ class Gate:
             doc["user"]["launch"] = {"allowed": list(self.policy.launch_allowed),
                                      "close_timeout": self.policy.launch_close_timeout}
         return doc
+
+    def recent_users(self) -> list[str]:
+        keep = self.policy.logon_recent_users
+        if not keep:
+            return []
+        ids = (self.store.read_state(None, RECENT_USERS) or {}).get("ids", [])[:keep]
+        return [user_id for user_id in ids if self._still_here(user_id)]  # not those removed since
+
+    def _still_here(self, user_id: str) -> bool:
+        try:
+            self.store.get_user(user_id)
+        except UserNotFound:
+            return False
+        return True
 
     @property
     def unlocked_uid(self) -> int | None:
@@ -320,6 +339,10 @@ class Gate:
                                slot_kind=slot_kind, factors=factors, uv_method=uv_method, recovered=recovered,
                                link=link, grant=grant)
         self.last_session = (user_id, uid)
+        if self.policy.logon_recent_users:
+            keep = self.policy.logon_recent_users
+            self.store.update_state(None, RECENT_USERS, lambda old: {
+                "ids": [user_id, *[u for u in (old or {}).get("ids", []) if u != user_id]][:keep]})
         self.trail.append(EventType.UNLOCK, user=user_id, details={"apps": len(grant.apps), "recovered": recovered})
         self._state = GateState.UNLOCKED
         progress("unlocked", {})

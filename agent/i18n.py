@@ -3,7 +3,8 @@
 
 The catalogs are standard gettext ``.po`` files (``agent/locale/<lang>.po``), read
 directly — no compile step, so a translator's edit is what runs. English is the msgid.
-The language: a command-line override (``--lang``), else ``SEKISHO_LANG``, else the OS
+The language: a command-line override (``--lang``), else ``SEKISHO_LANG``, else the signed
+policy's ``ui.language`` (IT's choice, from the service's status), else the OS
 locale (``LC_ALL``, ``LC_MESSAGES``, ``LANG``; Windows' UI language), else Japanese — the
 field's language.
 """
@@ -78,8 +79,9 @@ def catalog(lang: str) -> gettext.NullTranslations:
     return Catalog(parse_po(path.read_text("utf-8")))
 
 
-def choose_language(override: str | None = None) -> str:
-    """The override if given, else the OS locale's language if Sekisho speaks it, else Japanese."""
+def choose_language(override: str | None = None, policy: str | None = None) -> str:
+    """The override if given, else SEKISHO_LANG, else the policy's (IT's) choice, else the OS
+    locale's language if Sekisho speaks it, else Japanese."""
     if override:
         lang = override.split("_")[0].split("-")[0].lower()
         if lang not in LANGUAGES:
@@ -87,6 +89,8 @@ def choose_language(override: str | None = None) -> str:
         return lang
     if os.environ.get("SEKISHO_LANG"):  # set for the service's users by IT, or by the tests
         return choose_language(os.environ["SEKISHO_LANG"])
+    if policy:
+        return choose_language(policy)
     for name in ("LC_ALL", "LC_MESSAGES", "LANG", "LANGUAGE"):
         value = os.environ.get(name, "")
         if value and value not in ("C", "POSIX", "C.UTF-8"):

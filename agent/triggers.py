@@ -35,18 +35,22 @@ class LogindTriggers:
     """Calls ``on_lock(reason)`` when logind says the session locks, the laptop sleeps, or idles.
 
     ``uid()`` is the unlocked user's uid (None: nobody unlocked, or unknown — then every
-    session counts); ``idle_minutes()`` the policy's current value (0: never).
+    session counts); ``idle_minutes()`` the policy's current value (0: never);
+    ``monotonic_us()`` CLOCK_MONOTONIC in microseconds, the clock logind's
+    ``IdleSinceHintMonotonic`` counts on.
     """
 
     def __init__(self, on_lock: Callable[[str], None], *, uid: Callable[[], int | None],
                  idle_minutes: Callable[[], int],
                  connect: Callable[[], DBusConnection] = lambda: open_dbus_connection(bus="SYSTEM"),
-                 tick: float = 5.0) -> None:
+                 tick: float = 5.0,
+                 monotonic_us: Callable[[], int] = lambda: time.monotonic_ns() // 1000) -> None:
         self.on_lock = on_lock
         self.uid = uid
         self.idle_minutes = idle_minutes
         self._connect = connect
         self.tick = tick
+        self.monotonic_us = monotonic_us
         self.ready = threading.Event()
 
     def run(self, stop: threading.Event) -> None:
@@ -110,11 +114,12 @@ class LogindTriggers:
                 if not hint[1]:
                     return  # one of the user's sessions is in use
                 (since,) = unwrap_msg(conn.send_and_get_reply(props.get("IdleSinceHintMonotonic"), timeout=10))
-                idle_since.append(int(since[1]))
+                if int(since[1]) > 0:  # 0: logind does not know since when; not counted
+                    idle_since.append(int(since[1]))
         except (OSError, DBusErrorResponse, ValueError) as exc:
             log.debug("idle check: %s", exc)
             return
-        if idle_since and time.monotonic() * 1_000_000 - max(idle_since) >= minutes * 60_000_000:
+        if idle_since and self.monotonic_us() - max(idle_since) >= minutes * 60_000_000:
             self.on_lock(IDLE)
 
 

@@ -62,7 +62,9 @@ class LogonWindow:
         self.headline = ttk.Label(frame, text=tr(self._first_line()), font=big, wraplength=560)
         self.headline.grid(row=0, column=0, columnspan=2, sticky="w", pady=(0, 16))
         self.user_label = ttk.Label(frame, text=tr("Staff id"))
-        self.user = ttk.Entry(frame, width=24)
+        recent = self._recent_users()
+        # Typed, or (where the policy allows it) picked from this laptop's latest users.
+        self.user = ttk.Combobox(frame, width=22, values=recent) if recent else ttk.Entry(frame, width=24)
         if self.mode != "extend":
             self.user_label.grid(row=1, column=0, sticky="w", padx=(0, 12))
             self.user.grid(row=1, column=1, sticky="we")
@@ -146,6 +148,14 @@ class LogonWindow:
         self._started = time.monotonic()
         threading.Thread(target=self._run, args=({"op": "unlock", "user": "", "identify": True, "wait": True},),
                          daemon=True).start()
+
+    def _recent_users(self) -> list[str]:
+        try:
+            reply = self._converse(self.path, {"op": "status"}, quiet=True)
+        except Exception:  # no service yet: the logon will say so
+            return []
+        ids = (reply.get("status") or {}).get("recent_users") or []
+        return [str(i) for i in ids]
 
     def _first_line(self) -> str:
         return {"unlock": N_("Enter your staff id to log on."),

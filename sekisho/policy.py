@@ -71,6 +71,12 @@ class Policy:
     network_link_retries: int = 2
     #: Lock after this many minutes of an idle session (0: never).
     lock_idle_minutes: int = 15
+    #: Staff ids of this laptop's latest users the logon window may offer (0: none — a pool
+    #: laptop must not show who uses it; a laptop issued to a few people may).
+    logon_recent_users: int = 0
+    #: The language of the tray, the logon window and the terminal client ("ja", "en");
+    #: empty: each desktop's own. ``--lang`` and SEKISHO_LANG still override it.
+    ui_language: str = ""
     version: int = POLICY_VERSION
 
     def __post_init__(self) -> None:
@@ -113,6 +119,10 @@ class Policy:
             raise PolicyError("network.link_retries must be between 0 and 10.")
         if not 0 <= self.lock_idle_minutes <= 480:
             raise PolicyError("lock.idle_minutes must be between 0 (never) and 480.")
+        if not 0 <= self.logon_recent_users <= 10:
+            raise PolicyError("logon.recent_users must be between 0 (none) and 10.")
+        if self.ui_language not in ("", "ja", "en"):
+            raise PolicyError('ui.language must be "ja", "en" or "" (each desktop\'s own language).')
         if not self.permitted_slot_kinds:
             raise PolicyError("slots.permitted must name at least one slot kind.")
         if len(set(self.permitted_slot_kinds)) != len(self.permitted_slot_kinds):
@@ -149,7 +159,9 @@ class Policy:
             f"probe = {json.dumps(self.network_probe)}\nprobe_tries = {self.network_probe_tries}\n"
             f"radios_off = {str(self.network_radios_off).lower()}\nrestore = {str(self.network_restore).lower()}\n"
             f"link_retries = {self.network_link_retries}\n\n"
-            f"[lock]\nidle_minutes = {self.lock_idle_minutes}\n"
+            f"[lock]\nidle_minutes = {self.lock_idle_minutes}\n\n"
+            f"[logon]\nrecent_users = {self.logon_recent_users}\n\n"
+            f"[ui]\nlanguage = \"{self.ui_language}\"\n"
         )
 
 
@@ -173,6 +185,8 @@ _SCHEMA: dict[str, dict[str, tuple[type, str]]] = {
                 "radios_off": (bool, "network_radios_off"), "restore": (bool, "network_restore"),
                 "link_retries": (int, "network_link_retries")},
     "lock": {"idle_minutes": (int, "lock_idle_minutes")},
+    "logon": {"recent_users": (int, "logon_recent_users")},
+    "ui": {"language": (str, "ui_language")},
 }
 
 

@@ -287,3 +287,24 @@ def test_the_terminal_client_speaks_japanese(served) -> None:
                            capture_output=True, text=True, env=env, timeout=60)
     assert right.returncode == 0 and "ロックを解除しました：職員 K30712 さん" in right.stdout
     assert "認証情報を確認しています…" in right.stderr
+
+
+def test_the_policys_language_where_nothing_else_says(tmp_path: Path) -> None:
+    from sekisho.policy import Policy
+    from tests.agent_helpers import POLICY
+
+    policy = Policy(permitted_slot_kinds=POLICY.permitted_slot_kinds, argon2=POLICY.argon2,
+                    allow_software_authenticators=True, network_backend="simulated", ui_language="ja")
+    laptop = make_laptop(tmp_path / "laptop", policy)
+    env = {k: v for k, v in os.environ.items() if k != "SEKISHO_LANG"} | {"LANG": "en_US.UTF-8"}
+    agent = str(Path(sys.executable).parent / "sekisho-agent")
+    with serving(laptop) as path:
+        env["SEKISHO_SOCKET"] = str(path)
+        status = subprocess.run([agent, "status"], capture_output=True, text=True, env=env, timeout=60)
+        assert status.returncode == 0 and "状態：locked" in status.stdout  # IT's choice over the desktop's
+        english = subprocess.run([agent, "--lang", "en", "status"], capture_output=True, text=True, env=env,
+                                 timeout=60)
+        assert english.returncode == 0 and "State: locked" in english.stdout  # the command line over IT's
+    # No service: the desktop's language, and the refusal says so plainly.
+    gone = subprocess.run([agent, "status"], capture_output=True, text=True, env=env, timeout=60)
+    assert gone.returncode != 0 and "not reachable" in gone.stderr and "Traceback" not in gone.stderr

@@ -372,7 +372,8 @@ def test_a_failed_network_step_rolls_back_to_locked(laptop: Laptop, step: str) -
 
 def test_status_document_shape(laptop: Laptop) -> None:
     doc = laptop.gate.status(details=False)
-    assert set(doc) == {"version", "state", "lease", "clock", "retry_after", "user"}
+    assert set(doc) == {"version", "state", "lease", "clock", "retry_after", "recent_users", "language", "user"}
+    assert doc["recent_users"] == [] and doc["language"] == ""  # a pool laptop names nobody
     assert doc["user"] is None and doc["state"] == "locked"
     laptop.gate.unlock("K20581", laptop.answers("K20581"), uid=1000)
     assert laptop.gate.status(details=False)["user"] is None  # details only for who unlocked

@@ -79,3 +79,20 @@ def test_what_a_crash_left_is_cleaned_up_and_recorded(tmp_path: Path) -> None:
     before = len(bodies(laptop))
     laptop.gate.cleanup_network()  # nothing left: nothing recorded
     assert len(bodies(laptop)) == before
+
+
+def test_recent_users_only_where_the_policy_allows(tmp_path: Path) -> None:
+    laptop = make_laptop(tmp_path / "pool")
+    laptop.gate.unlock("K30712", laptop.answers("K30712"))
+    laptop.gate.lock()
+    assert laptop.gate.status(details=False)["recent_users"] == []  # a pool laptop shows nobody
+    policy = Policy(permitted_slot_kinds=POLICY.permitted_slot_kinds, argon2=POLICY.argon2,
+                    allow_software_authenticators=True, network_backend="simulated", logon_recent_users=2)
+    laptop = make_laptop(tmp_path / "issued", policy)
+    for user in ("K30712", "K20581", "K30712", "K10234"):
+        laptop.next_step()
+        laptop.gate.unlock(user, laptop.answers(user))
+        laptop.gate.lock()
+    assert laptop.gate.status(details=False)["recent_users"] == ["K10234", "K30712"]
+    laptop.gate.store.remove_user("K30712")  # e.g. revoked at a check-in
+    assert laptop.gate.status(details=False)["recent_users"] == ["K10234"]

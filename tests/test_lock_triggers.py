@@ -30,12 +30,21 @@ from tests.agent_helpers import make_laptop
 SESSION_IFACE = "org.freedesktop.login1.Session"
 
 
+#: The tests' CLOCK_MONOTONIC runs a day ahead of the machine's, so that "idle since 16
+#: minutes ago" exists on a machine booted a minute ago (as CI's is).
+AHEAD_US = 86_400_000_000
+
+
+def monotonic_us() -> int:
+    return time.monotonic_ns() // 1000 + AHEAD_US
+
+
 class Listener:
     def __init__(self, uid: int | None = 1000, idle_minutes: int = 15) -> None:
         self.reasons: list[str] = []
         self.stop = threading.Event()
         self.triggers = LogindTriggers(self.reasons.append, uid=lambda: uid, idle_minutes=lambda: idle_minutes,
-                                       tick=0.1)
+                                       tick=0.1, monotonic_us=monotonic_us)
         self.thread = threading.Thread(target=self.triggers.run, args=(self.stop,), daemon=True)
 
     def __enter__(self) -> Listener:
@@ -88,7 +97,7 @@ def test_prepare_for_sleep_locks_and_waking_does_not(logind: dbus.Interface, lis
 
 
 def _idle_since(obj: dbus.Interface, minutes: float) -> None:
-    since = max(1, int((time.monotonic() - minutes * 60) * 1_000_000))
+    since = monotonic_us() - int(minutes * 60_000_000)
     mock = dbus.Interface(obj, "org.freedesktop.DBus.Mock")
     mock.UpdateProperties(SESSION_IFACE, {"IdleHint": True, "IdleSinceHintMonotonic": dbus.UInt64(since)})
 
@@ -100,6 +109,14 @@ def test_idle_for_the_policys_minutes_locks(logind: dbus.Interface, listening: L
     assert listening.reasons == []
     _idle_since(obj, 16)
     listening.wait("idle")
+
+
+def test_idle_without_a_since_does_not_lock(logind: dbus.Interface, listening: Listener) -> None:
+    obj = session(logind)
+    mock = dbus.Interface(obj, "org.freedesktop.DBus.Mock")
+    mock.UpdateProperties(SESSION_IFACE, {"IdleHint": True, "IdleSinceHintMonotonic": dbus.UInt64(0)})
+    time.sleep(0.4)
+    assert listening.reasons == []  # "idle since boot" is not a reading: no lock on it
 
 
 def test_another_users_idle_session_does_not_count(logind: dbus.Interface, listening: Listener) -> None:

@@ -238,3 +238,22 @@ def test_esc_while_waiting_for_the_key_cancels(served, root) -> None:
     pump(root, lambda: window.result is not None)
     assert time.monotonic() - started < 5
     assert window.result is not None and window.result["error"] == "Cancelled"
+
+
+def test_recent_users_are_offered_only_where_the_policy_allows(tmp_path: Path, root) -> None:
+    from sekisho.policy import Policy
+    from tests.agent_helpers import POLICY
+
+    policy = Policy(permitted_slot_kinds=POLICY.permitted_slot_kinds, argon2=POLICY.argon2,
+                    allow_software_authenticators=True, network_backend="simulated", logon_recent_users=3)
+    laptop = make_laptop(tmp_path / "laptop", policy)
+    laptop.gate.unlock("K30712", laptop.answers("K30712"))
+    laptop.gate.lock()
+    with serving(laptop) as path:
+        window = open_window(root, path)
+        assert window.user.winfo_class() == "TCombobox" and list(window.user.cget("values")) == ["K30712"]
+        window.frame.destroy()
+    pool = make_laptop(tmp_path / "pool")
+    with serving(pool) as path:
+        window = open_window(root, path)
+        assert window.user.winfo_class() == "TEntry"  # typed: no list
