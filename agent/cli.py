@@ -173,10 +173,11 @@ def cli(ctx: click.Context, sock: Path | None, debug: bool, ui_lang: str | None)
     path = socket_path(sock)
     # The policy's language (IT's choice) where --lang and SEKISHO_LANG say nothing, for the
     # commands a field worker runs; the desktop's language otherwise.
-    policy_lang = (_policy_language(path) if not ui_lang and ctx.invoked_subcommand in FIELD_COMMANDS
-                   else None)
-    _translator = Translator(_language(ui_lang, policy_lang))
-    ctx.obj = {"socket": path, "debug": debug}
+    # The reply is kept for the command, which then need not ask again.
+    status = _first_status(path) if not ui_lang and ctx.invoked_subcommand in FIELD_COMMANDS else None
+    policy_lang = (status or {}).get("status", {}).get("language")
+    _translator = Translator(_language(ui_lang, policy_lang if policy_lang in ("ja", "en") else None))
+    ctx.obj = {"socket": path, "debug": debug, "status": status}
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -293,7 +294,7 @@ def window(ctx: click.Context, lang: str | None, mode: str, ready_exit: bool) ->
     if mode == "status":
         from agent.tray import status_lines
 
-        reply = converse(ctx.obj["socket"], {"op": "status"}, quiet=True)
+        reply = _status_reply(ctx)
         StatusWindow(root, status_lines(ui, reply.get("status") if reply.get("type") == "result" else None), ui)
         if not ready_exit:
             root.mainloop()
@@ -303,7 +304,7 @@ def window(ctx: click.Context, lang: str | None, mode: str, ready_exit: bool) ->
         if result.get("type") == "result":  # unlocked: the tray takes over after a moment
             root.after(4000, root.destroy)
 
-    LogonWindow(root, ctx.obj["socket"], ui, converse=converse, mode=mode, on_done=done)
+    LogonWindow(root, ctx.obj["socket"], ui, converse=converse, mode=mode, on_done=done, status=ctx.obj["status"])
     if ready_exit:
         root.update()
         root.destroy()
@@ -337,14 +338,18 @@ def _language(lang: str | None, policy: str | None = None) -> str:
 FIELD_COMMANDS = frozenset({"unlock", "lock", "status", "recover", "extend", "window", "tray"})
 
 
-def _policy_language(path: Path) -> str | None:
-    """The language the service's policy sets, or None (none set, or no service yet)."""
+def _first_status(path: Path) -> dict[str, Any] | None:
+    """The service's status reply as a field worker's command starts, or None (no service yet)."""
     try:
         reply = converse(path, {"op": "status"}, quiet=True)
     except (_Fail, OSError, ValueError):
         return None
-    language = (reply.get("status") or {}).get("language") if reply.get("type") == "result" else None
-    return language if language in ("ja", "en") else None
+    return reply if reply.get("type") == "result" and isinstance(reply.get("status"), dict) else None
+
+
+def _status_reply(ctx: click.Context) -> dict[str, Any]:
+    """The status reply: the one asked for as the command started, else asked now."""
+    return ctx.obj.get("status") or converse(ctx.obj["socket"], {"op": "status"}, quiet=True)
 
 
 @cli.command()
@@ -360,7 +365,7 @@ def lock(ctx: click.Context) -> None:
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
     """Where the laptop stands: state, lease, who is unlocked (for them only)."""
-    doc = _outcome(converse(ctx.obj["socket"], {"op": "status"}, quiet=True))["status"]
+    doc = _outcome(_status_reply(ctx))["status"]
     if as_json:
         click.echo(json.dumps(doc, ensure_ascii=False, sort_keys=True))
         return

@@ -33,8 +33,11 @@ class LogonWindow:
     """One logon (or recovery) in a Tk window; ``result`` holds the final message."""
 
     def __init__(self, root: tk.Tk, socket_path: Path, tr: Translator, *, converse: Converse,
-                 on_done: Callable[[dict[str, Any]], None] | None = None, mode: str = "unlock") -> None:
+                 on_done: Callable[[dict[str, Any]], None] | None = None, mode: str = "unlock",
+                 status: dict[str, Any] | None = None) -> None:
+        """``status``: the service's status reply if the caller has just asked for it."""
         self.root, self.path, self.tr, self.mode = root, socket_path, tr, mode
+        self._status = status
         self._converse = converse
         self.on_done = on_done
         self.result: dict[str, Any] | None = None
@@ -151,7 +154,7 @@ class LogonWindow:
 
     def _recent_users(self) -> list[str]:
         try:
-            reply = self._converse(self.path, {"op": "status"}, quiet=True)
+            reply = self._status or self._converse(self.path, {"op": "status"}, quiet=True)
         except Exception:  # no service yet: the logon will say so
             return []
         ids = (reply.get("status") or {}).get("recent_users") or []

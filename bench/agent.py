@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import shutil
 import statistics
@@ -35,6 +34,7 @@ from provision import SIM, fill  # noqa: E402
 
 from agent import device  # noqa: E402
 from agent.cli import converse  # noqa: E402
+from bench.report import show  # noqa: E402
 from enroll import office  # noqa: E402
 from enroll.registry import Registry  # noqa: E402
 from sekisho import crypto  # noqa: E402
@@ -144,12 +144,7 @@ def main() -> int:
         "users": args.users,
         "goals": {"service_rss_mb": 80, "tray_rss_mb": 80, "startup_ratio": 3},
     }
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for name, value in result.items():
-            print(f"{name:20} {value}")
-    return 0
+    return show(result, args.json)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ what is measured is provisioning, not enrolment.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -27,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agent import device  # noqa: E402
+from bench.report import show  # noqa: E402
 from enroll import office  # noqa: E402
 from enroll.registry import Registry  # noqa: E402
 from sekisho import crypto  # noqa: E402
@@ -96,12 +96,7 @@ def main() -> int:
         "users": args.users,
         "goals": {"install_ratio_20000_vs_1000": 25, "note": "the ratio's goal is 1.25 x the ratio of users"},
     }
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:32} {value}")
-    return 0
+    return show(result, args.json)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ Medians of interleaved rounds, so a noisy neighbour hits both sides of a ratio a
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -30,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.report import show  # noqa: E402
 from sekisho.store.keysource import InsecureFileKeySource  # noqa: E402
 from sekisho.trail import EventType, Trail, verify_files  # noqa: E402
 
@@ -109,12 +109,7 @@ def main() -> int:
         "entries": entries,
         "goals": {"verify_cost_ratio": 1.3},
     }
-    if args.json:
-        print(json.dumps(result, ensure_ascii=False))
-    else:
-        for key, value in result.items():
-            print(f"{key:24} {value}")
-    return 0
+    return show(result, args.json)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import random
 import statistics
@@ -35,6 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.report import show  # noqa: E402
 from sekisho import crypto  # noqa: E402
 from sekisho.devices.softkey import SoftKey  # noqa: E402
 from sekisho.factors import fido2, pin_totp  # noqa: E402
@@ -192,12 +192,7 @@ def main() -> int:
         "goals": {"unlock_overhead_ratio": 1.10, "fido2_uv_vs_argon2id": 0.10, "pin_fido2_overhead_ratio": 1.10,
                   "lookup_ratio_20000_vs_10": 1.5, "store_bytes_per_user": 4096},
     }
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:28} {value}")
-    return 0
+    return show(result, args.json)
 
 
 if __name__ == "__main__":
